@@ -1,0 +1,48 @@
+# mosto: `make demo` runs the main job, `make test` runs the tests.
+# Both install what they need first (tools/install-deps.sh, idempotent).
+
+PY      := .venv/bin/python
+CLANG   ?= clang
+ARCH    := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
+              -I/usr/include/$(shell uname -m)-linux-gnu
+
+BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o
+BPF_HDRS := $(wildcard ebpf/*.h)
+
+.PHONY: all deps build test lint bench demo xdp-test bmv2-test clean
+
+all: build
+
+deps: .venv/.mosto-installed
+.venv/.mosto-installed: pyproject.toml tools/install-deps.sh
+	./tools/install-deps.sh
+
+build: deps $(BPF_OBJS)
+
+build/%.bpf.o: ebpf/%.bpf.c $(BPF_HDRS)
+	@mkdir -p build
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+lint: deps
+	.venv/bin/ruff check control ebpf ptf_tests tools
+	.venv/bin/ruff format --check control ebpf ptf_tests tools
+
+test: build lint
+	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory xdp-test
+	@./tools/bmv2-available.sh || echo "mosto: BMv2 suite skipped: $$(./tools/bmv2-available.sh --why)"
+
+xdp-test: build
+	$(PY) tools/run_ptf.py --target xdp
+
+bmv2-test: build
+	@./tools/bmv2-available.sh --why-fail
+	$(PY) tools/run_ptf.py --target bmv2
+
+bench: build
+	$(PY) tools/bench_xdp.py
+	$(PY) tools/bench_chains.py
+
+clean:
+	rm -rf build

@@ -1,0 +1,1 @@
+"""The XDP target: libbpf bindings, map ABI, and the target object."""

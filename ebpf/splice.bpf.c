@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
+/*
+ * mosto splice: packets of a flow that a TCP proxy handed over are translated
+ * (seq/ack, SACK, timestamps, window, optionally addresses and ports, MACs)
+ * and sent straight out of the other side. Everything else passes untouched.
+ * The per-packet pipeline is described in ebpf/README.md.
+ */
+#include <linux/bpf.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "csum.h"
+#include "maps.h"
+#include "parsing.h"
+#include "splice_abi.h"
+#include "tcp_opts.h"
+
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_RST 0x04
+#define TCP_WINDOW_MAX 0xffff
+#define TCP_FLAGS_BYTE 13 /* offset of the flags byte in the TCP header */
+
+static __always_inline void report_fin_rst(const struct packet *p, const struct splice_entry *e)
+{
+	__u8 flags = ((__u8 *)p->tcp)[TCP_FLAGS_BYTE];
+	struct splice_event *ev;
+
+	if (!(flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+		return;
+	ev = bpf_ringbuf_reserve(&mosto_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(CNT_EVENT_LOST);
+		return;
+	}
+	ev->key = p->key;
+	ev->id = e->id;
+	ev->tcp_flags = flags;
+	ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
+	ev->ts_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(ev, 0);
+}
+
+static __always_inline void update_stats(const struct packet *p, const struct splice_entry *e)
+{
+	__u32 id = e->id;
+	struct splice_stats *st = bpf_map_lookup_elem(&mosto_stats, &id);
+
+	if (!st)
+		return;
+	st->packets++;
+	st->bytes += p->data_end - p->data;
+	st->last_seen_ns = bpf_ktime_get_ns();
+}
+
+static __always_inline __u16 window_shift(__u16 window, __s8 shift)
+{
+	__u32 wide;
+
+	if (shift >= 0) {
+		wide = (__u32)window << (shift & 0xf);
+		return wide > TCP_WINDOW_MAX ? TCP_WINDOW_MAX : wide;
+	}
+	return window >> ((-shift) & 0xf);
+}
+
+static __always_inline void shift_u32(__be32 *field, __u32 delta, struct csum_delta *csum)
+{
+	__u32 old = bpf_ntohl(*field), new = old + delta;
+
+	/* seq, ack and addresses all sit at even offsets */
+	csum_delta_add32(csum, 0, old, new);
+	*field = bpf_htonl(new);
+}
+
+static __always_inline void set_u32(__be32 *field, __be32 value, struct csum_delta *csum)
+{
+	csum_delta_add32(csum, 0, bpf_ntohl(*field), bpf_ntohl(value));
+	*field = value;
+}
+
+/* Rewrites addresses and ports; ip_csum collects what the IPv4 header sum needs. */
+static __always_inline void rewrite_nat(struct packet *p, const struct splice_entry *e,
+					struct csum_delta *tcp_csum, struct csum_delta *ip_csum)
+{
+	struct tcphdr *tcp = p->tcp;
+	int i;
+
+	if (p->ip4) {
+		set_u32(&p->ip4->saddr, e->new_saddr[0], ip_csum);
+		set_u32(&p->ip4->daddr, e->new_daddr[0], ip_csum);
+		/* The pseudo-header makes the same change to the TCP sum. */
+		tcp_csum->even += ip_csum->even;
+	} else if (p->ip6) {
+		for (i = 0; i < 4; i++) {
+			set_u32(&p->ip6->saddr.in6_u.u6_addr32[i], e->new_saddr[i], tcp_csum);
+			set_u32(&p->ip6->daddr.in6_u.u6_addr32[i], e->new_daddr[i], tcp_csum);
+		}
+	}
+	/* Both ports form one 32-bit word at offset 0 of the TCP header. */
+	csum_delta_add32(tcp_csum, 0,
+			 ((__u32)bpf_ntohs(tcp->source) << 16) | bpf_ntohs(tcp->dest),
+			 ((__u32)bpf_ntohs(e->new_sport) << 16) | bpf_ntohs(e->new_dport));
+	tcp->source = e->new_sport;
+	tcp->dest = e->new_dport;
+}
+
+/* Translates a packet of a spliced flow; returns 0, or -1 if it cannot be. */
+static __always_inline int translate(struct packet *p, const struct splice_entry *e)
+{
+	struct csum_delta tcp_csum = {}, ip_csum = {};
+	struct tcphdr *tcp = p->tcp;
+	__u32 hdr_len = tcp->doff * 4;
+	__u16 window;
+
+	if (tcp->doff < TCP_MIN_DOFF || (void *)tcp + hdr_len > p->data_end)
+		return -1;
+	if (tcp_opts_rewrite(tcp, p->data_end, hdr_len - sizeof(*tcp), e, &tcp_csum))
+		return -1;
+
+	shift_u32(&tcp->seq, e->seq_delta, &tcp_csum);
+	shift_u32(&tcp->ack_seq, e->ack_delta, &tcp_csum);
+	if (e->wscale_shift) {
+		window = window_shift(bpf_ntohs(tcp->window), e->wscale_shift);
+		/* window and checksum share one 32-bit word; checksum itself is excluded */
+		tcp_csum.even += csum_diff16(bpf_ntohs(tcp->window), window);
+		tcp->window = bpf_htons(window);
+	}
+	if (e->flags & SPLICE_F_NAT)
+		rewrite_nat(p, e, &tcp_csum, &ip_csum);
+
+	tcp->check = bpf_htons(csum_apply(bpf_ntohs(tcp->check), csum_delta_fold(&tcp_csum)));
+	if (p->ip4 && (e->flags & SPLICE_F_NAT))
+		p->ip4->check = bpf_htons(csum_apply(bpf_ntohs(p->ip4->check),
+						     csum_delta_fold(&ip_csum)));
+
+	__builtin_memcpy(p->eth->h_source, e->smac, ETH_ALEN);
+	__builtin_memcpy(p->eth->h_dest, e->dmac, ETH_ALEN);
+	return 0;
+}
+
+static __always_inline int forward(struct xdp_md *ctx, const struct splice_entry *e)
+{
+	int ret;
+
+	if (e->egress_ifindex == ctx->ingress_ifindex) {
+		count(CNT_HIT_TX);
+		return XDP_TX;
+	}
+	ret = bpf_redirect_map(&mosto_tx_ports, e->egress_ifindex, XDP_DROP);
+	count(ret == XDP_REDIRECT ? CNT_HIT_REDIRECT : CNT_DROP_NO_EGRESS);
+	return ret;
+}
+
+SEC("xdp")
+int mosto_splice_prog(struct xdp_md *ctx)
+{
+	struct packet p = {
+		.data = (void *)(long)ctx->data,
+		.data_end = (void *)(long)ctx->data_end,
+	};
+	struct splice_entry *e;
+	int ret;
+
+	ret = parse_packet(&p);
+	if (ret != PARSE_OK) {
+		count(ret);
+		return XDP_PASS;
+	}
+	e = bpf_map_lookup_elem(&mosto_splice, &p.key);
+	if (!e) {
+		count(CNT_PASS_MISS);
+		return XDP_PASS;
+	}
+	update_stats(&p, e);
+	report_fin_rst(&p, e);
+	/* The proxy's socket is gone: if this packet reached the stack, the
+	 * kernel would answer with an RST. Drop what we cannot translate. */
+	if (translate(&p, e)) {
+		count(CNT_DROP_BAD_TCP);
+		return XDP_DROP;
+	}
+	return forward(ctx, e);
+}
+
+char _license[] SEC("license") = "Dual BSD/GPL";
