@@ -1,0 +1,73 @@
+"""The fixture corpus through BPF_PROG_TEST_RUN, and through the reference model.
+
+Katran-style: each record is an input frame, the entries, the expected
+verdict and the exact expected bytes; the corpus is in ptf_tests/corpus.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from corpus import CASES, Case, install_docs
+from scapy.layers.inet import TCP
+
+from mosto.entry import parse_entry
+from mosto.model import Verdict, splice
+from mosto.pktdiff import explain_mismatch
+from mosto.xdp.abi import COUNTERS
+
+XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 1, 2, 3, 4
+
+pytestmark = pytest.mark.needs_root
+
+
+def expected_xdp_verdict(case: Case) -> int:
+    if case.verdict == "forward":
+        return XDP_TX if case.egress_port == 0 else XDP_REDIRECT
+    return {"pass": XDP_PASS, "drop": XDP_DROP}[case.verdict]
+
+
+def expected_counter(case: Case) -> str:
+    if case.counter == "hit":
+        return "hit_tx" if case.egress_port == 0 else "hit_redirect"
+    return case.counter
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_xdp_fixture(clean_xdp, ports, case: Case):
+    frame = bytes(case.packet)
+    entries = [parse_entry(d) for d in install_docs(case, ports)]
+    ids = [clean_xdp.add(e) for e in entries]
+    events = []
+    with clean_xdp.events(events.append) as ring:
+        verdict, out, _ = clean_xdp.test_run(frame, ingress_ifindex=ports[0])
+        ring.poll(0)
+
+    assert verdict == expected_xdp_verdict(case), f"{case.description}: verdict {verdict}"
+    want = bytes(case.expected) if case.verdict == "forward" else frame
+    if case.verdict != "drop":
+        assert out == want, explain_mismatch(want, out)
+
+    counters = clean_xdp.counters()
+    assert counters == {name: int(name == expected_counter(case)) for name in COUNTERS}
+    hit = case.verdict in ("forward", "drop")
+    stats = clean_xdp.stats(ids[0])
+    assert (stats.packets, stats.bytes) == ((1, len(frame)) if hit else (0, 0))
+    assert len(events) == int(case.event)
+    if case.event:
+        assert events[0].key == entries[0].match
+        assert events[0].entry_id == ids[0]
+        assert events[0].tcp_flags == case.packet[TCP].flags.value
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_model_fixture(case: Case):
+    frame = bytes(case.packet)
+    entries = [parse_entry(d) for d in install_docs(case, {0: 1, 1: 2})]
+    outcome = splice(frame, {e.match: e for e in entries})
+    assert outcome.verdict == Verdict(case.verdict)
+    assert outcome.counter == case.counter
+    assert bool(outcome.event_flags) == case.event
+    if case.verdict == "forward":
+        want = bytes(case.expected)
+        assert outcome.frame == want, explain_mismatch(want, outcome.frame)
+        assert outcome.entry.egress == {0: 1, 1: 2}[case.egress_port]

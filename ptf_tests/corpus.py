@@ -1,0 +1,391 @@
+"""The fixture corpus: one record per case, checked three ways (reference
+model, XDP through BPF_PROG_TEST_RUN and on veth, P4 on BMv2).
+
+Each case names an input frame, the entries installed, and what must come
+out: verdict, exact bytes, the counter the frame lands in, and the FIN/RST
+event. Expected frames are written out field by field with scapy (checksums
+computed afresh by scapy), not derived from the code under test.
+
+Ports are logical: port 0 receives every input frame; an entry's `egress`
+names port 0 (hairpin) or port 1, and each target maps them to its own ports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.packet import Packet, Raw
+
+CLIENT_MAC, PROXY0_MAC = "02:00:00:00:00:01", "02:00:00:00:00:10"
+PROXY1_MAC, SERVER_MAC = "02:00:00:00:00:11", "02:00:00:00:00:02"
+C4, P4, S4 = "10.0.0.1", "10.0.0.10", "10.0.1.2"
+C6, P6, S6 = "fd00::1", "fd00::10", "fd00:1::2"
+CPORT, PPORT, SPORT = 40000, 8080, 80
+PAYLOAD = b"mosto says hello"
+
+
+@dataclass
+class Case:
+    name: str
+    description: str
+    packet: Packet
+    entries: list[dict[str, Any]]
+    verdict: str  # "forward", "pass" or "drop"
+    counter: str
+    expected: Packet | None = None  # forward only
+    egress_port: int | None = None  # forward only
+    event: bool = False  # a FIN/RST event is reported
+    tags: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.verdict == "forward":
+            assert self.expected is not None and self.egress_port is not None, self.name
+
+
+def entry(
+    src=C4, dst=S4, sport=CPORT, dport=SPORT, seq=5000, ack=-100, egress=1, **extra
+) -> dict[str, Any]:
+    doc = {
+        "match": {"src": src, "dst": dst, "sport": sport, "dport": dport},
+        "seq_delta": seq,
+        "ack_delta": ack,
+        "smac": PROXY1_MAC,
+        "dmac": SERVER_MAC,
+        "egress": egress,
+    }
+    doc.update(extra)
+    return doc
+
+
+def tcp4(
+    src=C4, dst=S4, sport=CPORT, dport=SPORT, seq=1000, ack=2000, flags="A", options=(),
+    window=512, payload=PAYLOAD, smac=CLIENT_MAC, dmac=PROXY0_MAC, ip_options=None, vlan=None,
+) -> Packet:
+    eth = Ether(src=smac, dst=dmac)
+    if vlan is not None:
+        eth = eth / Dot1Q(vlan=vlan)
+    ip = IP(src=src, dst=dst, options=ip_options) if ip_options else IP(src=src, dst=dst)
+    tcp = TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=window,
+              options=list(options))
+    return eth / ip / tcp / Raw(payload) if payload else eth / ip / tcp
+
+
+def tcp6(src=C6, dst=S6, sport=CPORT, dport=SPORT, seq=1000, ack=2000, flags="A", options=(),
+         window=512, payload=PAYLOAD, smac=CLIENT_MAC, dmac=PROXY0_MAC) -> Packet:
+    return (
+        Ether(src=smac, dst=dmac)
+        / IPv6(src=src, dst=dst)
+        / TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=window,
+              options=list(options))
+        / Raw(payload)
+    )
+
+
+OUT = {"smac": PROXY1_MAC, "dmac": SERVER_MAC}
+TS = {"tsval_delta": 1_000_000, "tsecr_delta": -7}
+NOP = ("NOP", None)
+
+
+def _zero_checksum_payload() -> bytes:
+    """A payload that makes the translated packet's TCP checksum exactly 0x0000.
+
+    With a zero word as payload the checksum is c = ~S. A payload word w makes
+    the sum S + w, and S + c = 0xffff, whose complement is 0x0000.
+    """
+    probe = Ether(bytes(tcp4(seq=6000, ack=1900, payload=b"\0\0", **OUT)))
+    return probe[TCP].chksum.to_bytes(2, "big")
+
+
+def _fin_rst(flags: str) -> Case:
+    return Case(
+        name=f"ipv4-{ {'F': 'fin', 'R': 'rst'}[flags] }",
+        description=f"{flags} of a spliced flow is translated, forwarded and reported",
+        packet=tcp4(flags=flags + "A", payload=b""),
+        entries=[entry()],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(flags=flags + "A", seq=6000, ack=1900, payload=b"", **OUT),
+        egress_port=1,
+        event=True,
+    )
+
+
+CASES: list[Case] = [
+    Case(
+        name="ipv4-seq-ack",
+        description="seq and ack move by their deltas; out of port 1",
+        packet=tcp4(),
+        entries=[entry()],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-seq-ack-wrap",
+        description="seq and ack wrap around 2^32",
+        packet=tcp4(seq=0xFFFFFF00, ack=0x10),
+        entries=[entry(seq=0x200, ack=-0x20)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=0x100, ack=0xFFFFFFF0, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-hairpin",
+        description="egress equal to ingress sends the frame back out (XDP_TX)",
+        packet=tcp4(),
+        entries=[entry(egress=0)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, **OUT),
+        egress_port=0,
+    ),
+    Case(
+        name="ipv4-sack-4-blocks",
+        description="four SACK blocks (the most that fit) move with the ack delta",
+        packet=tcp4(options=[NOP, NOP, ("SAck", (10, 20, 30, 40, 50, 60, 70, 80))]),
+        entries=[entry()],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, **OUT,
+                      options=[NOP, NOP, ("SAck", (4294967206, 4294967216, 4294967226,
+                                                   4294967236, 4294967246, 4294967256,
+                                                   4294967266, 4294967276))]),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-sack-3-blocks-ts",
+        description="three SACK blocks move with the ack delta, timestamps with theirs",
+        packet=tcp4(options=[NOP, NOP, ("Timestamp", (111, 222)), NOP, NOP,
+                             ("SAck", (100, 200, 300, 400, 500, 600))]),
+        entries=[entry(timestamps=TS)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, **OUT,
+                      options=[NOP, NOP, ("Timestamp", (1_000_111, 215)), NOP, NOP,
+                               ("SAck", (0, 100, 200, 300, 400, 500))]),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-sack-odd-offset",
+        description="a SACK block at an odd offset: its checksum share is byte-swapped",
+        packet=tcp4(options=[NOP, ("SAck", (0x01020304, 0x05060708)), NOP, NOP, NOP]),
+        entries=[entry(ack=0x00102030)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=2000 + 0x00102030, **OUT,
+                      options=[NOP, ("SAck", (0x01122334, 0x05162738)), NOP, NOP, NOP]),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-ts-not-in-entry",
+        description="timestamps stay as they are when the entry carries no TS deltas",
+        packet=tcp4(options=[NOP, NOP, ("Timestamp", (111, 222))]),
+        entries=[entry()],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, options=[NOP, NOP, ("Timestamp", (111, 222))], **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-window-up-saturates",
+        description="window << 8 saturates at 65535",
+        packet=tcp4(window=1000),
+        entries=[entry(wscale_shift=8)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, window=0xFFFF, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-window-down",
+        description="window >> 3",
+        packet=tcp4(window=1000),
+        entries=[entry(wscale_shift=-3)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, window=125, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-nat",
+        description="non-transparent proxy: addresses and ports rewritten, IPv4 sum fixed",
+        packet=tcp4(dst=P4, dport=PPORT),
+        entries=[entry(dst=P4, dport=PPORT,
+                       rewrite={"src": P4, "dst": S4, "sport": 50000, "dport": SPORT})],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(src=P4, dst=S4, sport=50000, dport=SPORT, seq=6000, ack=1900, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-ip-options",
+        description="IPv4 header with options (IHL 6)",
+        packet=tcp4(ip_options=[IPOption_NOP()] * 4),
+        entries=[entry()],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, ip_options=[IPOption_NOP()] * 4, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-vlan",
+        description="one 802.1Q tag is parsed and kept",
+        packet=tcp4(vlan=42),
+        entries=[entry()],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, vlan=42, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv4-checksum-zero",
+        description="the translated checksum comes out as 0x0000 (the RFC 1624 corner)",
+        packet=tcp4(payload=_zero_checksum_payload()),
+        entries=[entry()],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, payload=_zero_checksum_payload(), **OUT),
+        egress_port=1,
+        tags={"checksum-zero"},
+    ),
+    _fin_rst("F"),
+    _fin_rst("R"),
+    Case(
+        name="ipv6-seq-ack-sack-ts",
+        description="IPv6: seq/ack, SACK and timestamps",
+        packet=tcp6(options=[NOP, NOP, ("Timestamp", (5, 6)), NOP, NOP, ("SAck", (100, 200))]),
+        entries=[entry(src=C6, dst=S6, timestamps=TS)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp6(seq=6000, ack=1900, **OUT,
+                      options=[NOP, NOP, ("Timestamp", (1_000_005, 4294967295)), NOP, NOP,
+                               ("SAck", (0, 100))]),
+        egress_port=1,
+    ),
+    Case(
+        name="ipv6-nat",
+        description="IPv6 non-transparent proxy: addresses and ports rewritten",
+        packet=tcp6(dst=P6, dport=PPORT),
+        entries=[entry(src=C6, dst=P6, dport=PPORT,
+                       rewrite={"src": P6, "dst": S6, "sport": 50000, "dport": SPORT})],
+        verdict="forward",
+        counter="hit",
+        expected=tcp6(src=P6, dst=S6, sport=50000, seq=6000, ack=1900, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="miss-other-port",
+        description="a flow with no entry passes untouched",
+        packet=tcp4(sport=CPORT + 1),
+        entries=[entry()],
+        verdict="pass",
+        counter="pass_miss",
+    ),
+    Case(
+        name="miss-reverse-direction",
+        description="entries are directional: the reverse flow needs its own",
+        packet=tcp4(src=S4, dst=C4, sport=SPORT, dport=CPORT),
+        entries=[entry()],
+        verdict="pass",
+        counter="pass_miss",
+    ),
+    Case(
+        name="pass-udp",
+        description="UDP passes",
+        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC) / IP(src=C4, dst=S4)
+        / UDP(sport=CPORT, dport=SPORT) / Raw(PAYLOAD),
+        entries=[entry()],
+        verdict="pass",
+        counter="pass_not_tcp",
+    ),
+    Case(
+        name="pass-arp",
+        description="non-IP passes",
+        packet=Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=C4, pdst=S4),
+        entries=[entry()],
+        verdict="pass",
+        counter="pass_not_ip",
+    ),
+    Case(
+        name="pass-fragment",
+        description="a non-first IPv4 fragment has no TCP header to match: it passes",
+        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC) / IP(src=C4, dst=S4, proto=6, frag=100)
+        / Raw(b"x" * 40),
+        entries=[entry()],
+        verdict="pass",
+        counter="pass_fragment",
+    ),
+    Case(
+        name="pass-truncated-tcp",
+        description="a TCP header cut short passes (it cannot be matched)",
+        packet=Ether(bytes(tcp4())[: 14 + 20 + 12]),
+        entries=[entry()],
+        verdict="pass",
+        counter="pass_truncated",
+    ),
+    Case(
+        name="drop-bad-option-length",
+        description="a spliced flow with a malformed option is dropped, never passed",
+        packet=tcp4(options=[NOP, NOP, ("Timestamp", (1, 2)), (99, b"")]),
+        entries=[entry()],
+        verdict="drop",
+        counter="drop_bad_tcp",
+    ),
+    Case(
+        name="drop-sack-length",
+        description="SACK of a length that is not 2 + 8n is malformed",
+        packet=tcp4(options=[NOP, NOP, (5, b"\0" * 6)]),
+        entries=[entry()],
+        verdict="drop",
+        counter="drop_bad_tcp",
+    ),
+    Case(
+        name="drop-duplicate-timestamps",
+        description="two timestamp options in one header are malformed",
+        packet=tcp4(options=[("Timestamp", (1, 2)), ("Timestamp", (3, 4))]),
+        entries=[entry(timestamps=TS)],
+        verdict="drop",
+        counter="drop_bad_tcp",
+    ),
+    Case(
+        name="drop-data-offset",
+        description="a data offset below 5 cannot be translated",
+        packet=tcp4(),
+        entries=[entry()],
+        verdict="drop",
+        counter="drop_bad_tcp",
+        tags={"dataofs-4"},
+    ),
+]
+
+
+def _finish() -> None:
+    # Raw option bytes scapy will not build from a (kind, value) pair.
+    for case in CASES:
+        if case.name == "drop-bad-option-length":
+            raw = bytearray(bytes(case.packet))
+            opt = 14 + 20 + 20 + 12  # NOP NOP TS(10): the next option's length byte
+            raw[opt + 1] = 1
+            case.packet = Ether(bytes(raw))
+        elif "dataofs-4" in case.tags:
+            pkt = case.packet
+            pkt[TCP].dataofs = 4
+            case.packet = Ether(bytes(pkt))
+
+
+_finish()
+
+
+def by_name(name: str) -> Case:
+    return next(c for c in CASES if c.name == name)
+
+
+def install_docs(case: Case, port_egress: dict[int, int | str]) -> list[dict[str, Any]]:
+    """The case's entries with logical egress ports replaced by the target's."""
+    return [{**doc, "egress": port_egress[doc["egress"]]} for doc in case.entries]
