@@ -62,25 +62,63 @@ def entry(
 
 
 def tcp4(
-    src=C4, dst=S4, sport=CPORT, dport=SPORT, seq=1000, ack=2000, flags="A", options=(),
-    window=512, payload=PAYLOAD, smac=CLIENT_MAC, dmac=PROXY0_MAC, ip_options=None, vlan=None,
+    src=C4,
+    dst=S4,
+    sport=CPORT,
+    dport=SPORT,
+    seq=1000,
+    ack=2000,
+    flags="A",
+    options=(),
+    window=512,
+    payload=PAYLOAD,
+    smac=CLIENT_MAC,
+    dmac=PROXY0_MAC,
+    ip_options=None,
+    vlan=None,
 ) -> Packet:
     eth = Ether(src=smac, dst=dmac)
     if vlan is not None:
         eth = eth / Dot1Q(vlan=vlan)
     ip = IP(src=src, dst=dst, options=ip_options) if ip_options else IP(src=src, dst=dst)
-    tcp = TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=window,
-              options=list(options))
+    tcp = TCP(
+        sport=sport,
+        dport=dport,
+        seq=seq,
+        ack=ack,
+        flags=flags,
+        window=window,
+        options=list(options),
+    )
     return eth / ip / tcp / Raw(payload) if payload else eth / ip / tcp
 
 
-def tcp6(src=C6, dst=S6, sport=CPORT, dport=SPORT, seq=1000, ack=2000, flags="A", options=(),
-         window=512, payload=PAYLOAD, smac=CLIENT_MAC, dmac=PROXY0_MAC) -> Packet:
+def tcp6(
+    src=C6,
+    dst=S6,
+    sport=CPORT,
+    dport=SPORT,
+    seq=1000,
+    ack=2000,
+    flags="A",
+    options=(),
+    window=512,
+    payload=PAYLOAD,
+    smac=CLIENT_MAC,
+    dmac=PROXY0_MAC,
+) -> Packet:
     return (
         Ether(src=smac, dst=dmac)
         / IPv6(src=src, dst=dst)
-        / TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, window=window,
-              options=list(options))
+        / TCP(
+            sport=sport,
+            dport=dport,
+            seq=seq,
+            ack=ack,
+            flags=flags,
+            window=window,
+            options=list(options),
+        )
         / Raw(payload)
     )
 
@@ -152,23 +190,59 @@ CASES: list[Case] = [
         entries=[entry()],
         verdict="forward",
         counter="hit",
-        expected=tcp4(seq=6000, ack=1900, **OUT,
-                      options=[NOP, NOP, ("SAck", (4294967206, 4294967216, 4294967226,
-                                                   4294967236, 4294967246, 4294967256,
-                                                   4294967266, 4294967276))]),
+        expected=tcp4(
+            seq=6000,
+            ack=1900,
+            **OUT,
+            options=[
+                NOP,
+                NOP,
+                (
+                    "SAck",
+                    (
+                        4294967206,
+                        4294967216,
+                        4294967226,
+                        4294967236,
+                        4294967246,
+                        4294967256,
+                        4294967266,
+                        4294967276,
+                    ),
+                ),
+            ],
+        ),
         egress_port=1,
     ),
     Case(
         name="ipv4-sack-3-blocks-ts",
         description="three SACK blocks move with the ack delta, timestamps with theirs",
-        packet=tcp4(options=[NOP, NOP, ("Timestamp", (111, 222)), NOP, NOP,
-                             ("SAck", (100, 200, 300, 400, 500, 600))]),
+        packet=tcp4(
+            options=[
+                NOP,
+                NOP,
+                ("Timestamp", (111, 222)),
+                NOP,
+                NOP,
+                ("SAck", (100, 200, 300, 400, 500, 600)),
+            ]
+        ),
         entries=[entry(timestamps=TS)],
         verdict="forward",
         counter="hit",
-        expected=tcp4(seq=6000, ack=1900, **OUT,
-                      options=[NOP, NOP, ("Timestamp", (1_000_111, 215)), NOP, NOP,
-                               ("SAck", (0, 100, 200, 300, 400, 500))]),
+        expected=tcp4(
+            seq=6000,
+            ack=1900,
+            **OUT,
+            options=[
+                NOP,
+                NOP,
+                ("Timestamp", (1_000_111, 215)),
+                NOP,
+                NOP,
+                ("SAck", (0, 100, 200, 300, 400, 500)),
+            ],
+        ),
         egress_port=1,
     ),
     Case(
@@ -178,8 +252,12 @@ CASES: list[Case] = [
         entries=[entry(ack=0x00102030)],
         verdict="forward",
         counter="hit",
-        expected=tcp4(seq=6000, ack=2000 + 0x00102030, **OUT,
-                      options=[NOP, ("SAck", (0x01122334, 0x05162738)), NOP, NOP, NOP]),
+        expected=tcp4(
+            seq=6000,
+            ack=2000 + 0x00102030,
+            **OUT,
+            options=[NOP, ("SAck", (0x01122334, 0x05162738)), NOP, NOP, NOP],
+        ),
         egress_port=1,
     ),
     Case(
@@ -216,8 +294,11 @@ CASES: list[Case] = [
         name="ipv4-nat",
         description="non-transparent proxy: addresses and ports rewritten, IPv4 sum fixed",
         packet=tcp4(dst=P4, dport=PPORT),
-        entries=[entry(dst=P4, dport=PPORT,
-                       rewrite={"src": P4, "dst": S4, "sport": 50000, "dport": SPORT})],
+        entries=[
+            entry(
+                dst=P4, dport=PPORT, rewrite={"src": P4, "dst": S4, "sport": 50000, "dport": SPORT}
+            )
+        ],
         verdict="forward",
         counter="hit",
         expected=tcp4(src=P4, dst=S4, sport=50000, dport=SPORT, seq=6000, ack=1900, **OUT),
@@ -263,17 +344,33 @@ CASES: list[Case] = [
         entries=[entry(src=C6, dst=S6, timestamps=TS)],
         verdict="forward",
         counter="hit",
-        expected=tcp6(seq=6000, ack=1900, **OUT,
-                      options=[NOP, NOP, ("Timestamp", (1_000_005, 4294967295)), NOP, NOP,
-                               ("SAck", (0, 100))]),
+        expected=tcp6(
+            seq=6000,
+            ack=1900,
+            **OUT,
+            options=[
+                NOP,
+                NOP,
+                ("Timestamp", (1_000_005, 4294967295)),
+                NOP,
+                NOP,
+                ("SAck", (0, 100)),
+            ],
+        ),
         egress_port=1,
     ),
     Case(
         name="ipv6-nat",
         description="IPv6 non-transparent proxy: addresses and ports rewritten",
         packet=tcp6(dst=P6, dport=PPORT),
-        entries=[entry(src=C6, dst=P6, dport=PPORT,
-                       rewrite={"src": P6, "dst": S6, "sport": 50000, "dport": SPORT})],
+        entries=[
+            entry(
+                src=C6,
+                dst=P6,
+                dport=PPORT,
+                rewrite={"src": P6, "dst": S6, "sport": 50000, "dport": SPORT},
+            )
+        ],
         verdict="forward",
         counter="hit",
         expected=tcp6(src=P6, dst=S6, sport=50000, seq=6000, ack=1900, **OUT),
@@ -298,8 +395,10 @@ CASES: list[Case] = [
     Case(
         name="pass-udp",
         description="UDP passes",
-        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC) / IP(src=C4, dst=S4)
-        / UDP(sport=CPORT, dport=SPORT) / Raw(PAYLOAD),
+        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC)
+        / IP(src=C4, dst=S4)
+        / UDP(sport=CPORT, dport=SPORT)
+        / Raw(PAYLOAD),
         entries=[entry()],
         verdict="pass",
         counter="pass_not_tcp",
@@ -307,7 +406,8 @@ CASES: list[Case] = [
     Case(
         name="pass-arp",
         description="non-IP passes",
-        packet=Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=C4, pdst=S4),
+        packet=Ether(src=CLIENT_MAC, dst="ff:ff:ff:ff:ff:ff")
+        / ARP(hwsrc=CLIENT_MAC, psrc=C4, hwdst="00:00:00:00:00:00", pdst=S4),
         entries=[entry()],
         verdict="pass",
         counter="pass_not_ip",
@@ -315,7 +415,8 @@ CASES: list[Case] = [
     Case(
         name="pass-fragment",
         description="a non-first IPv4 fragment has no TCP header to match: it passes",
-        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC) / IP(src=C4, dst=S4, proto=6, frag=100)
+        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC)
+        / IP(src=C4, dst=S4, proto=6, frag=100)
         / Raw(b"x" * 40),
         entries=[entry()],
         verdict="pass",

@@ -39,8 +39,12 @@ class FlowKey:
         return FlowKey(self.dst, self.src, self.dport, self.sport)
 
     def to_json(self) -> dict[str, Any]:
-        return {"src": str(self.src), "dst": str(self.dst), "sport": self.sport,
-                "dport": self.dport}
+        return {
+            "src": str(self.src),
+            "dst": str(self.dst),
+            "sport": self.sport,
+            "dport": self.dport,
+        }
 
     def __str__(self) -> str:
         return f"{_hostport(self.src, self.sport)} -> {_hostport(self.dst, self.dport)}"
@@ -132,8 +136,19 @@ def _mac(value: Any, where: str) -> str:
     return value.lower()
 
 
-_FIELDS = {"match", "seq_delta", "ack_delta", "timestamps", "wscale_shift", "rewrite", "smac",
-           "dmac", "egress", "id", "stats"}
+_FIELDS = {
+    "match",
+    "seq_delta",
+    "ack_delta",
+    "timestamps",
+    "wscale_shift",
+    "rewrite",
+    "smac",
+    "dmac",
+    "egress",
+    "id",
+    "stats",
+}
 
 
 def parse_entry(doc: Any, where: str = "entry") -> Entry:
@@ -155,8 +170,10 @@ def parse_entry(doc: Any, where: str = "entry") -> Entry:
     if doc.get("rewrite") is not None:
         rewrite = _flow(doc["rewrite"], f"{where}.rewrite")
         if rewrite.family != match.family:
-            raise EntryError(f"{where}.rewrite: address family differs from match "
-                             "(IPv4/IPv6 translation is not supported)")
+            raise EntryError(
+                f"{where}.rewrite: address family differs from match "
+                "(IPv4/IPv6 translation is not supported)"
+            )
     egress = _require(doc, "egress", where)
     if isinstance(egress, bool) or not isinstance(egress, int | str) or egress in ("", 0):
         raise EntryError(f"{where}.egress: expected an interface name or a port number")
@@ -171,8 +188,9 @@ def parse_entry(doc: Any, where: str = "entry") -> Entry:
         egress=egress,
         tsval_delta=tsval,
         tsecr_delta=tsecr,
-        wscale_shift=_int(doc.get("wscale_shift", 0), f"{where}.wscale_shift",
-                          -WSCALE_SHIFT_MAX, WSCALE_SHIFT_MAX),
+        wscale_shift=_int(
+            doc.get("wscale_shift", 0), f"{where}.wscale_shift", -WSCALE_SHIFT_MAX, WSCALE_SHIFT_MAX
+        ),
         rewrite=rewrite,
     )
 

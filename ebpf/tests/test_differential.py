@@ -88,8 +88,13 @@ def scenario(draw) -> tuple[bytes, Entry, bool]:
     if draw(st.integers(0, 19)) == 0:
         dataofs = draw(st.integers(0, 15))  # a data offset that lies
     tcp = TCP(
-        sport=sport, dport=dport, seq=draw(u32), ack=draw(u32), window=draw(u16),
-        flags=draw(st.integers(0, 0xFF)), dataofs=dataofs,
+        sport=sport,
+        dport=dport,
+        seq=draw(u32),
+        ack=draw(u32),
+        window=draw(u16),
+        flags=draw(st.integers(0, 0xFF)),
+        dataofs=dataofs,
     ) / Raw(opts + payload)
     if v6:
         l3 = IPv6(src=str(src), dst=str(dst))
@@ -112,8 +117,11 @@ def scenario(draw) -> tuple[bytes, Entry, bool]:
         intact = False
 
     hit = draw(st.integers(0, 4)) > 0
-    match = FlowKey(src, dst, sport, dport) if hit else FlowKey(
-        draw(addr), draw(addr), draw(port), draw(port))
+    match = (
+        FlowKey(src, dst, sport, dport)
+        if hit
+        else FlowKey(draw(addr), draw(addr), draw(port), draw(port))
+    )
     ts = draw(st.booleans())
     rewrite = None
     if draw(st.booleans()):
@@ -151,8 +159,12 @@ def test_differential(clean_xdp, ports):
     examples = 0
     outcomes: Counter[str] = Counter()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(scenario())
     def check(sc):
         nonlocal examples
@@ -184,8 +196,10 @@ def test_differential(clean_xdp, ports):
             assert checksums_verify(out), f"bad checksum in output {out.hex()}"
 
     check()
-    print(f"\ndifferential: {examples} random frames and entries, XDP == model: "
-          + ", ".join(f"{k} {v}" for k, v in outcomes.most_common()))
+    print(
+        f"\ndifferential: {examples} random frames and entries, XDP == model: "
+        + ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
+    )
     assert examples >= min(EXAMPLES, 10000)
     # The generator must reach every kind of outcome, or the test proves little.
     for counter in ("hit", "pass_miss", "drop_bad_tcp", "pass_truncated", "pass_not_tcp"):

@@ -7,9 +7,9 @@ verdict and the exact expected bytes; the corpus is in ptf_tests/corpus.py.
 from __future__ import annotations
 
 import pytest
-from corpus import CASES, Case, install_docs
 from scapy.layers.inet import TCP
 
+from corpus import CASES, Case, install_docs
 from mosto.entry import parse_entry
 from mosto.model import Verdict, splice
 from mosto.pktdiff import explain_mismatch

@@ -150,8 +150,9 @@ def map_keys(fd: int, key_type: type) -> list:
     prev = None
     while True:
         nxt = key_type()
-        ret = _lib.bpf_map_get_next_key(fd, ctypes.addressof(prev) if prev else None,
-                                        ctypes.addressof(nxt))
+        ret = _lib.bpf_map_get_next_key(
+            fd, ctypes.addressof(prev) if prev else None, ctypes.addressof(nxt)
+        )
         if ret < 0:
             if -ret == 2:
                 return keys
@@ -217,8 +218,9 @@ def xdp_query_id(ifindex: int, flags: int) -> int:
     return prog_id.value
 
 
-def test_run(prog_fd: int, frame: bytes, ingress_ifindex: int = 1,
-             repeat: int = 1) -> tuple[int, bytes, int]:
+def test_run(
+    prog_fd: int, frame: bytes, ingress_ifindex: int = 1, repeat: int = 1
+) -> tuple[int, bytes, int]:
     """BPF_PROG_TEST_RUN: returns (verdict, output frame, mean ns per run)."""
     data_in = ctypes.create_string_buffer(frame, len(frame))
     out_size = len(frame) + 256

@@ -74,8 +74,9 @@ class XdpTarget:
     """The splice maps, pinned under pin_dir (or private when pin_dir is None),
     and, when loaded, the program that uses them."""
 
-    def __init__(self, pin_dir: str | None = DEFAULT_PIN_DIR, obj_path: Path | None = None,
-                 load: bool = True):
+    def __init__(
+        self, pin_dir: str | None = DEFAULT_PIN_DIR, obj_path: Path | None = None, load: bool = True
+    ):
         self.pin_dir = pin_dir
         self._obj: libbpf.BpfObject | None = None
         self._fds: dict[str, int] = {}
@@ -97,8 +98,9 @@ class XdpTarget:
                     fd = libbpf.obj_get(f"{pin_dir}/{name}")
                 except libbpf.BpfError:
                     self.close()
-                    raise TargetError(f"no mosto maps pinned under {pin_dir}: "
-                                      "run `mosto xdp attach IFACE` first") from None
+                    raise TargetError(
+                        f"no mosto maps pinned under {pin_dir}: run `mosto xdp attach IFACE` first"
+                    ) from None
                 self._fds[name] = fd
                 self._own_fds.append(fd)
         self._ncpus = libbpf.num_possible_cpus()
@@ -264,8 +266,9 @@ class XdpTarget:
 
     # -- testing ----------------------------------------------------------
 
-    def test_run(self, frame: bytes, ingress_ifindex: int = 1,
-                 repeat: int = 1) -> tuple[int, bytes, int]:
+    def test_run(
+        self, frame: bytes, ingress_ifindex: int = 1, repeat: int = 1
+    ) -> tuple[int, bytes, int]:
         """Runs the program on one frame (BPF_PROG_TEST_RUN): verdict, output, ns/run."""
         return libbpf.test_run(self.prog_fd, frame, ingress_ifindex, repeat)
 

@@ -1,0 +1,75 @@
+"""Network namespaces and veth pairs for tests, benchmarks and the demo.
+
+Everything created here is removed on exit, also when the body raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute, NetNS, netns
+
+
+def sh(*cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs a command (inside netns ns if given); output captured."""
+    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
+    return subprocess.run(full, check=check, capture_output=True, text=True)
+
+
+@dataclass
+class Namespace:
+    name: str
+    links: list[str] = field(default_factory=list)
+
+    def ipr(self) -> NetNS:
+        return NetNS(self.name)
+
+    def sh(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return sh(*cmd, ns=self.name, check=check)
+
+    def quiet(self) -> None:
+        """No IPv6 autoconfiguration chatter (router/neighbour solicitations, MLD)."""
+        self.sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        self.sh("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
+
+
+@contextlib.contextmanager
+def namespace(prefix: str = "mosto") -> Iterator[Namespace]:
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    netns.create(name)
+    try:
+        ns = Namespace(name)
+        with ns.ipr() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        yield ns
+    finally:
+        netns.remove(name)
+
+
+def veth(
+    a: Namespace | None,
+    a_name: str,
+    b: Namespace | None,
+    b_name: str,
+    a_mac: str | None = None,
+    b_mac: str | None = None,
+) -> None:
+    """A veth pair a_name (in a) <-> b_name (in b); None is the current namespace. Up."""
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=a_name, kind="veth", peer=b_name)
+        for ns, name in ((a, a_name), (b, b_name)):
+            if ns is not None:
+                ipr.link("set", index=ipr.link_lookup(ifname=name)[0], net_ns_fd=ns.name)
+    for ns, name, mac in ((a, a_name, a_mac), (b, b_name, b_mac)):
+        ctx = ns.ipr() if ns is not None else IPRoute()
+        with ctx as ipr:
+            idx = ipr.link_lookup(ifname=name)[0]
+            if mac:
+                ipr.link("set", index=idx, address=mac)
+            ipr.link("set", index=idx, state="up")
+        if ns is not None:
+            ns.links.append(name)
