@@ -49,7 +49,7 @@ static __always_inline void update_stats(const struct packet *p, const struct sp
 		return;
 	st->packets++;
 	st->bytes += p->data_end - p->data;
-	st->last_seen_ns = bpf_ktime_get_ns();
+	st->last_seen_ns = bpf_ktime_get_coarse_ns();
 }
 
 static __always_inline __u16 window_shift(__u16 window, __s8 shift)

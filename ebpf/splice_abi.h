@@ -52,7 +52,7 @@ struct splice_entry {
 struct splice_stats {
 	__u64 packets;
 	__u64 bytes; /* whole frames, as received */
-	__u64 last_seen_ns; /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u64 last_seen_ns; /* CLOCK_MONOTONIC, coarse (a tick): cheap, enough for idling */
 };
 
 /* Reported on mosto_events for every FIN or RST of a spliced flow. */
