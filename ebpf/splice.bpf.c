@@ -40,16 +40,34 @@ static __always_inline void report_fin_rst(const struct packet *p, const struct 
 	bpf_ringbuf_submit(ev, 0);
 }
 
-static __always_inline void update_stats(const struct packet *p, const struct splice_entry *e)
+static __always_inline struct splice_stats *update_stats(const struct packet *p,
+							 const struct splice_entry *e)
 {
 	__u32 id = e->id;
 	struct splice_stats *st = bpf_map_lookup_elem(&mosto_stats, &id);
 
 	if (!st)
-		return;
+		return NULL;
 	st->packets++;
 	st->bytes += p->data_end - p->data;
 	st->last_seen_ns = bpf_ktime_get_coarse_ns();
+	return st;
+}
+
+/* A flow the proxy still owns: remember the peer's TSval for the hand-over,
+ * where it anchors the timestamp deltas. */
+static __always_inline void learn_tsval(const struct packet *p, const struct splice_entry *e,
+					struct splice_stats *st)
+{
+	struct tcphdr *tcp = p->tcp;
+	__u32 hdr_len = tcp->doff * 4, tsval;
+
+	if (!st || tcp->doff < TCP_MIN_DOFF || (void *)tcp + hdr_len > p->data_end)
+		return;
+	if (tcp_opts_tsval(tcp, p->data_end, hdr_len - sizeof(*tcp), e, &tsval)) {
+		st->last_tsval = tsval;
+		st->has_tsval = 1;
+	}
 }
 
 static __always_inline __u16 window_shift(__u16 window, __s8 shift)
@@ -158,6 +176,7 @@ int mosto_splice_prog(struct xdp_md *ctx)
 		.data = (void *)(long)ctx->data,
 		.data_end = (void *)(long)ctx->data_end,
 	};
+	struct splice_stats *st;
 	struct splice_entry *e;
 	int ret;
 
@@ -171,8 +190,13 @@ int mosto_splice_prog(struct xdp_md *ctx)
 		count(CNT_PASS_MISS);
 		return XDP_PASS;
 	}
-	update_stats(&p, e);
+	st = update_stats(&p, e);
 	report_fin_rst(&p, e);
+	if (e->flags & SPLICE_F_LEARN) {
+		learn_tsval(&p, e, st);
+		count(CNT_PASS_LEARN);
+		return XDP_PASS;
+	}
 	/* The proxy's socket is gone: if this packet reached the stack, the
 	 * kernel would answer with an RST. Drop what we cannot translate. */
 	if (translate(&p, e)) {

@@ -27,6 +27,7 @@ struct splice_key {
 enum splice_flags {
 	SPLICE_F_TS = 1 << 0,   /* shift TSval and TSecr */
 	SPLICE_F_NAT = 1 << 1,  /* rewrite addresses and ports */
+	SPLICE_F_LEARN = 1 << 2, /* proxy still owns the flow: record TSval, pass */
 };
 
 /* What to do with a packet that hits. Deltas are added mod 2^32. */
@@ -53,6 +54,8 @@ struct splice_stats {
 	__u64 packets;
 	__u64 bytes; /* whole frames, as received */
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC, coarse (a tick): cheap, enough for idling */
+	__u32 last_tsval;   /* SPLICE_F_LEARN: the TSval of the last frame with one */
+	__u32 has_tsval;
 };
 
 /* Reported on mosto_events for every FIN or RST of a spliced flow. */
@@ -78,6 +81,7 @@ enum mosto_counter {
 	CNT_DROP_BAD_TCP,     /* spliced flow, but TCP header/options untranslatable */
 	CNT_DROP_NO_EGRESS,   /* spliced flow, egress port not in mosto_tx_ports */
 	CNT_EVENT_LOST,       /* ring buffer full: a FIN/RST event was not reported */
+	CNT_PASS_LEARN,       /* a learning entry's flow: TSval recorded, passed */
 	CNT_MAX,
 };
 

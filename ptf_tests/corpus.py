@@ -39,6 +39,7 @@ class Case:
     expected: Packet | None = None  # forward only
     egress_port: int | None = None  # forward only
     event: bool = False  # a FIN/RST event is reported
+    learned_tsval: int | None = None  # learning entries: the TSval recorded
     tags: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -59,6 +60,10 @@ def entry(
     }
     doc.update(extra)
     return doc
+
+
+def learning(src=C4, dst=S4, sport=CPORT, dport=SPORT) -> dict[str, Any]:
+    return {"match": {"src": src, "dst": dst, "sport": sport, "dport": dport}, "learn": True}
 
 
 def tcp4(
@@ -377,6 +382,41 @@ CASES: list[Case] = [
         egress_port=1,
     ),
     Case(
+        name="learn-tsval",
+        description="a learning entry records the sender's TSval and passes the frame",
+        packet=tcp4(options=[NOP, NOP, ("Timestamp", (0xDEADBEEF, 222))]),
+        entries=[learning()],
+        verdict="pass",
+        counter="pass_learn",
+        learned_tsval=0xDEADBEEF,
+    ),
+    Case(
+        name="learn-no-timestamp",
+        description="a learning entry's flow without timestamps: nothing recorded",
+        packet=tcp4(options=[NOP, NOP, ("SAck", (1, 2))]),
+        entries=[learning()],
+        verdict="pass",
+        counter="pass_learn",
+    ),
+    Case(
+        name="learn-malformed-options",
+        description="malformed options on a learning entry's flow: passed (the proxy owns it)",
+        packet=tcp4(options=[("Timestamp", (1, 2)), ("Timestamp", (3, 4))]),
+        entries=[learning()],
+        verdict="pass",
+        counter="pass_learn",
+    ),
+    Case(
+        name="learn-fin",
+        description="a FIN on a learning entry's flow is reported (the flow ends before hand-over)",
+        packet=tcp4(flags="FA", payload=b"", options=[NOP, NOP, ("Timestamp", (7, 8))]),
+        entries=[learning()],
+        verdict="pass",
+        counter="pass_learn",
+        event=True,
+        learned_tsval=7,
+    ),
+    Case(
         name="miss-other-port",
         description="a flow with no entry passes untouched",
         packet=tcp4(sport=CPORT + 1),
@@ -489,4 +529,7 @@ def by_name(name: str) -> Case:
 
 def install_docs(case: Case, port_egress: dict[int, int | str]) -> list[dict[str, Any]]:
     """The case's entries with logical egress ports replaced by the target's."""
-    return [{**doc, "egress": port_egress[doc["egress"]]} for doc in case.entries]
+    return [
+        {**doc, "egress": port_egress[doc["egress"]]} if "egress" in doc else doc
+        for doc in case.entries
+    ]

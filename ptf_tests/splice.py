@@ -72,9 +72,10 @@ class CorpusCase(SpliceTest):
             tu.verify_packet(self, bytes(case.packet), PASS_PORT)
         tu.verify_no_other_packets(self)
 
-        hit = case.verdict != "pass"
+        hit = case.verdict != "pass" or case.counter == "pass_learn"
         packets, nbytes = self.target.stats(entries[0].match)
         self.assertEqual((packets, nbytes), (1, len(bytes(case.packet))) if hit else (0, 0))
+        self.assertEqual(self.target.learned_tsval(entries[0].match), case.learned_tsval)
         events = self.target.events(1.0 if case.event else 0.1)
         self.assertEqual(len(events), int(case.event), events)
         if case.event:

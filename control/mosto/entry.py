@@ -13,6 +13,7 @@ from typing import Any
 
 U32 = 1 << 32
 WSCALE_SHIFT_MAX = 14  # RFC 7323: a window scale is 0..14
+NO_MAC = "00:00:00:00:00:00"
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -64,12 +65,20 @@ class Entry:
     tsecr_delta: int | None = None
     wscale_shift: int = 0
     rewrite: FlowKey | None = None  # non-transparent proxy: the packet leaves as this flow
+    learn: bool = False  # the proxy still owns the flow: record the TSval, pass untouched
+
+    @classmethod
+    def learning(cls, match: FlowKey) -> Entry:
+        """An entry that only learns the sender's TSval (before a hand-over)."""
+        return cls(match, 0, 0, NO_MAC, NO_MAC, 0, learn=True)
 
     @property
     def timestamps(self) -> bool:
         return self.tsval_delta is not None
 
     def to_json(self) -> dict[str, Any]:
+        if self.learn:
+            return {"match": self.match.to_json(), "learn": True}
         doc: dict[str, Any] = {
             "match": self.match.to_json(),
             "seq_delta": self.seq_delta,
@@ -146,9 +155,11 @@ _FIELDS = {
     "smac",
     "dmac",
     "egress",
+    "learn",
     "id",
     "stats",
 }
+_LEARN_FIELDS = {"match", "learn", "id", "stats"}
 
 
 def parse_entry(doc: Any, where: str = "entry") -> Entry:
@@ -159,6 +170,15 @@ def parse_entry(doc: Any, where: str = "entry") -> Entry:
     if unknown:
         raise EntryError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     match = _flow(_require(doc, "match", where), f"{where}.match")
+    if doc.get("learn", False) is not False:
+        if doc["learn"] is not True:
+            raise EntryError(f"{where}.learn: expected true or false")
+        extra = set(doc) - _LEARN_FIELDS
+        if extra:
+            raise EntryError(
+                f"{where}: a learning entry takes only 'match', not {', '.join(sorted(extra))}"
+            )
+        return Entry.learning(match)
     tsval = tsecr = None
     if doc.get("timestamps") is not None:
         ts = doc["timestamps"]

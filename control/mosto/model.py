@@ -42,6 +42,7 @@ class Outcome:
     counter: str  # the mosto_counter this frame lands in (without tx/redirect split)
     entry: Entry | None = None  # the entry hit, if any
     event_flags: int = 0  # FIN/RST reported to user space
+    learned_tsval: int | None = None  # learning entries: the TSval recorded
 
 
 class _Untranslatable(Exception):
@@ -66,13 +67,14 @@ def _add32(buf: bytearray, off: int, delta: int) -> None:
     struct.pack_into("!I", buf, off, (value + delta) & 0xFFFFFFFF)
 
 
-def _options(buf: bytearray, start: int, length: int, entry: Entry) -> None:
-    """Rewrites SACK and timestamps in place; raises on malformed options."""
-    off, seen = 0, set()
+def _options(buf: bytearray, start: int, length: int, entry: Entry) -> int | None:
+    """Rewrites SACK and timestamps in place (a learning entry: nothing) and
+    returns the TSval found, if any; raises on malformed options."""
+    off, seen, tsval = 0, set(), None
     while off < length:
         kind = buf[start + off]
         if kind == TCPOPT_EOL:
-            return
+            break
         if kind == TCPOPT_NOP:
             off += 1
             continue
@@ -89,14 +91,17 @@ def _options(buf: bytearray, start: int, length: int, entry: Entry) -> None:
             if size not in (10, 18, 26, 34):
                 raise _Untranslatable("bad SACK length")
             for edge in range(start + off + 2, start + off + size, 4):
-                _add32(buf, edge, entry.ack_delta)
+                if not entry.learn:
+                    _add32(buf, edge, entry.ack_delta)
         elif kind == TCPOPT_TS:
             if size != 10:
                 raise _Untranslatable("bad timestamp length")
-            if entry.timestamps:
+            (tsval,) = struct.unpack_from("!I", buf, start + off + 2)
+            if entry.timestamps and not entry.learn:
                 _add32(buf, start + off + 2, entry.tsval_delta)
                 _add32(buf, start + off + 6, entry.tsecr_delta)
         off += size
+    return tsval
 
 
 def _window(window: int, shift: int) -> int:
@@ -164,11 +169,24 @@ def splice(frame: bytes, table: Mapping[FlowKey, Entry]) -> Outcome:
     if entry is None:
         return Outcome(Verdict.PASS, frame, "pass_miss")
     event = frame[l4 + 13] & (TCP_FIN | TCP_RST)
+    if entry.learn:
+        return Outcome(Verdict.PASS, frame, "pass_learn", entry, event, _learn(frame, l4, entry))
     try:
         out = _translate(bytearray(frame), entry, l3, l4, ver)
     except _Untranslatable:
         return Outcome(Verdict.DROP, frame, "drop_bad_tcp", entry, event)
     return Outcome(Verdict.FORWARD, out, "hit", entry, event)
+
+
+def _learn(frame: bytes, l4: int, entry: Entry) -> int | None:
+    """The TSval of a well-formed TCP header, if it has one."""
+    hlen = (frame[l4 + 12] >> 4) * 4
+    if hlen < TCP_HLEN or l4 + hlen > len(frame):
+        return None
+    try:
+        return _options(bytearray(frame), l4 + TCP_HLEN, hlen - TCP_HLEN, entry)
+    except _Untranslatable:
+        return None
 
 
 def _translate(buf: bytearray, entry: Entry, l3: int, l4: int, ver: int) -> bytes:

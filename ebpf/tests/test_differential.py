@@ -138,6 +138,8 @@ def scenario(draw) -> tuple[bytes, Entry, bool]:
         wscale_shift=draw(st.integers(-14, 14)),
         rewrite=rewrite,
     )
+    if draw(st.integers(0, 9)) == 0:
+        entry = Entry.learning(match)
     return frame, entry, intact
 
 
@@ -171,11 +173,14 @@ def test_differential(clean_xdp, ports):
         frame, entry, intact = sc
         examples += 1
         # The model routes by logical port; XDP by ifindex.
-        xdp_entry = Entry(**{**entry.__dict__, "egress": ports[entry.egress]})
-        clean_xdp.add(xdp_entry)
+        xdp_entry = (
+            entry if entry.learn else Entry(**{**entry.__dict__, "egress": ports[entry.egress]})
+        )
+        entry_id = clean_xdp.add(xdp_entry)
         clean_xdp.reset_counters()
         try:
             verdict, out, _ = clean_xdp.test_run(frame, ingress_ifindex=ports[0])
+            learned = clean_xdp.stats(entry_id).tsval
         finally:
             clean_xdp.delete(entry.match)
         want = splice(frame, {entry.match: entry})
@@ -192,6 +197,7 @@ def test_differential(clean_xdp, ports):
         assert counters == {counter_want: 1}
         if want.verdict is not Verdict.DROP:
             assert out == want.frame, explain_mismatch(want.frame, out)
+        assert learned == want.learned_tsval
         if want.verdict is Verdict.FORWARD and intact:
             assert checksums_verify(out), f"bad checksum in output {out.hex()}"
 
@@ -202,7 +208,14 @@ def test_differential(clean_xdp, ports):
     )
     assert examples >= min(EXAMPLES, 10000)
     # The generator must reach every kind of outcome, or the test proves little.
-    for counter in ("hit", "pass_miss", "drop_bad_tcp", "pass_truncated", "pass_not_tcp"):
+    for counter in (
+        "hit",
+        "pass_miss",
+        "pass_learn",
+        "drop_bad_tcp",
+        "pass_truncated",
+        "pass_not_tcp",
+    ):
         assert outcomes[counter] > 0, f"no example reached {counter}"
 
 

@@ -49,9 +49,10 @@ def test_xdp_fixture(clean_xdp, ports, case: Case):
 
     counters = clean_xdp.counters()
     assert counters == {name: int(name == expected_counter(case)) for name in COUNTERS}
-    hit = case.verdict in ("forward", "drop")
+    hit = case.verdict in ("forward", "drop") or case.counter == "pass_learn"
     stats = clean_xdp.stats(ids[0])
     assert (stats.packets, stats.bytes) == ((1, len(frame)) if hit else (0, 0))
+    assert stats.tsval == case.learned_tsval
     assert len(events) == int(case.event)
     if case.event:
         assert events[0].key == entries[0].match
@@ -67,6 +68,7 @@ def test_model_fixture(case: Case):
     assert outcome.verdict == Verdict(case.verdict)
     assert outcome.counter == case.counter
     assert bool(outcome.event_flags) == case.event
+    assert outcome.learned_tsval == case.learned_tsval
     if case.verdict == "forward":
         want = bytes(case.expected)
         assert outcome.frame == want, explain_mismatch(want, outcome.frame)

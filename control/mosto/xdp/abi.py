@@ -11,6 +11,7 @@ from mosto.entry import Entry, FlowKey
 MAX_ENTRIES = 65536
 SPLICE_F_TS = 1 << 0
 SPLICE_F_NAT = 1 << 1
+SPLICE_F_LEARN = 1 << 2
 
 # enum mosto_counter, in order
 COUNTERS = (
@@ -25,6 +26,7 @@ COUNTERS = (
     "drop_bad_tcp",
     "drop_no_egress",
     "event_lost",
+    "pass_learn",
 )
 
 _u32x4 = ctypes.c_uint32 * 4
@@ -67,6 +69,8 @@ class SpliceStats(ctypes.Structure):
         ("packets", ctypes.c_uint64),
         ("bytes", ctypes.c_uint64),
         ("last_seen_ns", ctypes.c_uint64),
+        ("last_tsval", ctypes.c_uint32),
+        ("has_tsval", ctypes.c_uint32),
     ]
 
 
@@ -123,6 +127,8 @@ def _mac_str(mac: _u8x6) -> str:
 
 
 def encode_entry(entry: Entry, entry_id: int, egress_ifindex: int) -> SpliceEntry:
+    if entry.learn:
+        return SpliceEntry(id=entry_id, flags=SPLICE_F_LEARN)
     value = SpliceEntry(
         id=entry_id,
         seq_delta=entry.seq_delta,
@@ -146,6 +152,8 @@ def encode_entry(entry: Entry, entry_id: int, egress_ifindex: int) -> SpliceEntr
 
 
 def decode_entry(key: SpliceKey, value: SpliceEntry, egress: int | str) -> Entry:
+    if value.flags & SPLICE_F_LEARN:
+        return Entry.learning(decode_key(key))
     rewrite = None
     if value.flags & SPLICE_F_NAT:
         rewrite = FlowKey(

@@ -59,7 +59,8 @@ def ifname_of(ifindex: int) -> int | str:
 class EntryStats:
     packets: int
     bytes: int
-    last_seen_ns: int  # CLOCK_MONOTONIC; 0 = never
+    last_seen_ns: int  # CLOCK_MONOTONIC (coarse); 0 = never
+    tsval: int | None  # learning entries: the sender's latest TSval seen, if any
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,9 @@ class XdpTarget:
     def add(self, entry: Entry) -> int:
         """Installs or replaces one entry; returns its id. Stats restart at 0."""
         key = abi.encode_key(entry.match)
-        ifindex = ifindex_of(entry.egress)
-        self.add_port(ifindex)
+        ifindex = 0 if entry.learn else ifindex_of(entry.egress)
+        if ifindex:
+            self.add_port(ifindex)
         fd = self._fds["mosto_splice"]
         old = abi.SpliceEntry()
         if libbpf.map_lookup(fd, key, old):
@@ -229,10 +231,14 @@ class XdpTarget:
     def stats(self, entry_id: int) -> EntryStats:
         per_cpu = (abi.SpliceStats * self._ncpus)()
         libbpf.map_lookup(self._fds["mosto_stats"], ctypes.c_uint32(entry_id), per_cpu)
+        # Any TSval the sender used is a safe anchor; take the most recent CPU's.
+        learned = [s for s in per_cpu if s.has_tsval]
+        latest = max(learned, key=lambda s: s.last_seen_ns) if learned else None
         return EntryStats(
             packets=sum(s.packets for s in per_cpu),
             bytes=sum(s.bytes for s in per_cpu),
             last_seen_ns=max(s.last_seen_ns for s in per_cpu),
+            tsval=latest.last_tsval if latest else None,
         )
 
     def counters(self) -> dict[str, int]:
