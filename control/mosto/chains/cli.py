@@ -75,7 +75,8 @@ def run_lookup(args: argparse.Namespace) -> int:
         print(json.dumps(chain.to_json(rounds)))
     else:
         print(
-            f"{' -> '.join(chain.path)}  ({rounds} rounds: cost {chain.cost_ms(rounds):g} ms, "
+            f"{' -> '.join(chain.path)}  ({rounds} round{'s' * (rounds > 1)}: "
+            f"cost {chain.cost_ms(rounds):g} ms, "
             f"sum {chain.sum_us / 1000:g} ms, max {chain.max_us / 1000:g} ms)"
         )
     return 0
