@@ -23,11 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mosto.chains.topology import UNREACHABLE, Topology
+from mosto.chains.topology import UNREACHABLE, Topology, TopologyError
 
 HOP_BITS = 16
 HOP_MASK = (1 << HOP_BITS) - 1
-MAX_NODES = HOP_MASK  # a simple chain has at most n - 1 hops, which must fit in HOP_BITS
+# Two chains joined by an edge have at most 2(n - 1) + 1 hops: that must fit in HOP_BITS.
+MAX_NODES = 1 << (HOP_BITS - 1)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def precompute(topology: Topology) -> ParetoSets:
     rtt = topology.rtt_us
     n = len(rtt)
     if n > MAX_NODES:
-        raise ValueError(f"at most {MAX_NODES} locations, got {n}")
+        raise TopologyError(f"at most {MAX_NODES} locations, got {n}")
     # On a shortest-path mesh the direct connection is the shortest chain, and the sweep can stop
     # early; otherwise it runs to the end, where its state holds the shortest chains.
     state, weights = _sweep(rtt, stop_at=rtt if topology.metric else None)
