@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from mosto.chains.lookup import DEFAULT_ICW, DEFAULT_MSS, rounds_for_size
-from mosto.chains.pareto import precompute
-from mosto.chains.table import ChainTable, TableError
-from mosto.chains.topology import TopologyError, load
 from mosto.cli import CliError
+
+# numpy-based modules are imported by the commands that use them: building the `mosto` parser
+# (for any subcommand) stays cheap.
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_precompute(args: argparse.Namespace) -> int:
+    from mosto.chains.pareto import precompute
+    from mosto.chains.table import ChainTable
+    from mosto.chains.topology import TopologyError, load
+
     start = time.perf_counter()
     try:
         topology = load(args.topology)
@@ -61,6 +65,8 @@ def run_precompute(args: argparse.Namespace) -> int:
 
 
 def run_lookup(args: argparse.Namespace) -> int:
+    from mosto.chains.table import ChainTable, TableError
+
     if args.rounds is not None and args.rounds < 1:
         raise CliError("--rounds must be at least 1")
     try:
@@ -83,7 +89,7 @@ def run_lookup(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from mosto.chains import evaluate  # matplotlib: only loaded when evaluating
+    from mosto.chains import evaluate
 
     maps = args.maps or evaluate.default_maps()
     if not maps.is_dir():
