@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
     clang llvm libbpf-dev libbpf1 bpftool libelf-dev gcc-multilib
-    iproute2 ethtool tcpdump nftables haproxy
+    iproute2 ethtool tcpdump nftables python3-nftables haproxy
     python3 python3-venv python3-dev
 )
 

@@ -14,10 +14,15 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute, NetNS, netns
 
 
+def in_ns(ns: str | None, cmd: list[str]) -> list[str]:
+    """cmd run inside netns ns. nsenter, not `ip netns exec`: the latter gives
+    the command a mount namespace of its own, hiding the host's bpffs pins."""
+    return ["nsenter", f"--net=/run/netns/{ns}", *cmd] if ns else list(cmd)
+
+
 def sh(*cmd: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Runs a command (inside netns ns if given); output captured."""
-    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
-    return subprocess.run(full, check=check, capture_output=True, text=True)
+    return subprocess.run(in_ns(ns, list(cmd)), check=check, capture_output=True, text=True)
 
 
 @dataclass
@@ -31,23 +36,36 @@ class Namespace:
     def sh(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh(*cmd, ns=self.name, check=check)
 
+    def popen(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen(in_ns(self.name, cmd), **kwargs)
+
     def quiet(self) -> None:
         """No IPv6 autoconfiguration chatter (router/neighbour solicitations, MLD)."""
         self.sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
         self.sh("sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
 
 
+def create(name: str) -> Namespace:
+    netns.create(name)
+    ns = Namespace(name)
+    with ns.ipr() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+    return ns
+
+
+def remove(name: str) -> None:
+    if name in netns.listnetns():
+        netns.remove(name)
+
+
 @contextlib.contextmanager
 def namespace(prefix: str = "mosto") -> Iterator[Namespace]:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    netns.create(name)
+    ns = create(name)
     try:
-        ns = Namespace(name)
-        with ns.ipr() as ipr:
-            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         yield ns
     finally:
-        netns.remove(name)
+        remove(name)
 
 
 def veth(

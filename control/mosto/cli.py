@@ -8,7 +8,13 @@ import sys
 
 # Each module exposes `register(subparsers)`, adding its subcommand and setting
 # `func` on the parser; imported lazily so `mosto chains` never loads libbpf.
-SUBCOMMANDS = ("mosto.xdp_cli", "mosto.entry_cli", "mosto.chains.cli")
+SUBCOMMANDS = (
+    "mosto.xdp_cli",
+    "mosto.entry_cli",
+    "mosto.agent_cli",
+    "mosto.proxy_cli",
+    "mosto.chains.cli",
+)
 
 
 class CliError(Exception):

@@ -1,0 +1,364 @@
+"""The offload agent: turns two quiet proxy sockets into data-plane entries,
+and looks after the entries until the flow ends.
+
+The agent owns one target (XdpTarget, or anything with its methods). Its view
+of the splices is derived from the target's table, so a restarted agent
+rebuilds it from the pinned maps and spliced flows never notice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from mosto import refusal
+from mosto.entry import Entry, FlowKey
+from mosto.handover import build_entries, check_options, check_quiet, moved, pair_of
+from mosto.hold import Holds
+from mosto.netinfo import NoRoute, next_hop
+from mosto.tcpstate import TcpState, enter_repair, leave_repair, read_state
+from mosto.xdp.target import TableFull
+
+log = logging.getLogger("mosto.agent")
+
+TCP_FIN, TCP_RST = 0x01, 0x04
+SETTLE_S = 0.002  # after install, for packets already past the data plane to land
+
+
+def _out_flow(e: Entry) -> FlowKey:
+    """The flow a translated packet leaves as."""
+    return e.rewrite or e.match
+
+
+@dataclass
+class Splice:
+    id: int
+    to_server: Entry  # matches what the client sends
+    to_client: Entry  # matches what the server sends
+    created: float = field(default_factory=time.monotonic)
+    fin_from_client: bool = False
+    fin_from_server: bool = False
+    remove_at: float | None = None  # set once the flow has ended
+    end_reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "client": self.to_server.match.to_json(),
+            "server": _out_flow(self.to_server).to_json(),
+            "entries": [self.to_server.to_json(), self.to_client.to_json()],
+            "age_s": round(time.monotonic() - self.created, 3),
+            "state": self.end_reason or "active",
+        }
+
+
+@dataclass
+class Learning:
+    """A learning entry: the flow's proxy registered it and still owns it."""
+
+    match: FlowKey
+    created: float = field(default_factory=time.monotonic)
+    remove_at: float | None = None
+
+
+class Agent:
+    def __init__(
+        self, target, holds: Holds | None = None, idle_timeout: float = 300.0, grace: float = 2.0
+    ):
+        self.target = target
+        self.holds = holds
+        self.idle_timeout = idle_timeout
+        self.grace = grace
+        self._lock = threading.RLock()
+        self._splices: dict[int, Splice] = {}
+        self._learning: dict[FlowKey, Learning] = {}
+        self._watchers: list[queue.Queue] = []
+        self.results: Counter[str] = Counter()  # hand-overs by outcome
+        self.latencies: list[float] = []  # seconds, successful hand-overs
+        self._rebuild()
+
+    # -- state from the target ---------------------------------------------
+
+    def _rebuild(self) -> None:
+        """Pairs the target's entries into splices (after a restart, say)."""
+        entries = {e.match: (i, e) for i, e in self.target.entries()}
+        for match, (i, e) in sorted(entries.items(), key=lambda kv: kv[1][0]):
+            if e.learn:
+                self._learning[match] = Learning(match)
+                continue
+            back = entries.get(_out_flow(e).reversed())
+            if (
+                back is None
+                or back[1].learn
+                or any(s.to_client.match == match for s in self._splices.values())
+            ):
+                continue
+            # The side is not stored; the entry with the lower id is called the client's.
+            self._splices[i] = Splice(i, e, back[1])
+        orphans = (
+            set(entries)
+            - set(self._learning)
+            - {m for s in self._splices.values() for m in (s.to_server.match, s.to_client.match)}
+        )
+        for m in orphans:
+            log.warning("entry %s has no reverse entry; left alone", m)
+        if self._splices or self._learning:
+            log.info(
+                "rebuilt %d splices and %d learning entries from the data plane",
+                len(self._splices),
+                len(self._learning),
+            )
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        event["time"] = time.time()
+        for q in list(self._watchers):
+            q.put(event)
+
+    def watch(self) -> queue.Queue:
+        q: queue.Queue = queue.Queue()
+        with self._lock:
+            self._watchers.append(q)
+        return q
+
+    def unwatch(self, q: queue.Queue) -> None:
+        with self._lock:
+            if q in self._watchers:
+                self._watchers.remove(q)
+
+    # -- requests -----------------------------------------------------------
+
+    @staticmethod
+    def _tcp_state(sock: socket.socket, name: str) -> TcpState:
+        if (
+            sock.family not in (socket.AF_INET, socket.AF_INET6)
+            or sock.type != socket.SOCK_STREAM
+            or sock.proto not in (0, socket.IPPROTO_TCP)
+        ):
+            raise refusal.NotTcp(f"the {name} descriptor is not a TCP socket")
+        try:
+            sock.getpeername()
+        except OSError:
+            raise refusal.NotConnected(f"the {name} socket is not connected") from None
+        return read_state(sock)
+
+    def _states(self, a: socket.socket, b: socket.socket) -> tuple[TcpState, TcpState]:
+        return self._tcp_state(a, "client"), self._tcp_state(b, "server")
+
+    def register(self, a: socket.socket, b: socket.socket) -> dict[str, Any]:
+        """Learning entries for both inbound directions (for the TSvals)."""
+        pair = pair_of(*self._states(a, b))
+        with self._lock:
+            for flow in (pair.from_client, pair.from_server):
+                self._require_free(flow)
+            for flow in (pair.from_client, pair.from_server):
+                self._add(Entry.learning(flow))
+                self._learning[flow] = Learning(flow)
+        return {"client": pair.from_client.to_json(), "server": pair.from_server.to_json()}
+
+    def hold(self, a: socket.socket, b: socket.socket) -> None:
+        if self.holds is None:
+            raise refusal.BadRequest("this agent runs without holds (--no-hold)")
+        pair = pair_of(*self._states(a, b))
+        self.holds.hold(pair.from_client)
+        self.holds.hold(pair.from_server)
+
+    def unhold(self, a: socket.socket, b: socket.socket) -> None:
+        self._unhold(pair_of(*self._states(a, b)))
+
+    def _unhold(self, pair) -> None:
+        if self.holds is not None:
+            self.holds.release(pair.from_client)
+            self.holds.release(pair.from_server)
+
+    def _require_free(self, flow: FlowKey) -> None:
+        for s in self._splices.values():
+            if flow in (s.to_server.match, s.to_client.match):
+                raise refusal.AlreadySpliced(f"{flow} is spliced already (splice {s.id})")
+
+    def _add(self, entry: Entry) -> int:
+        try:
+            return self.target.add(entry)
+        except TableFull as exc:
+            raise refusal.TableFull(str(exc)) from None
+
+    def _learned_tsval(self, flow: FlowKey) -> int | None:
+        entry_id = self.target.entry_id(flow)
+        return None if entry_id is None else self.target.stats(entry_id).tsval
+
+    def offload(self, a: socket.socket, b: socket.socket) -> Splice:
+        """The hand-over. On success both sockets are left in repair mode, so
+        closing them sends nothing; on refusal they are as they were."""
+        t0 = time.perf_counter()
+        try:
+            splice = self._offload(a, b)
+        except refusal.Refused as exc:
+            self.results[exc.code] += 1
+            raise
+        self.results["ok"] += 1
+        self.latencies.append(time.perf_counter() - t0)
+        self._emit({"event": "spliced", "splice": splice.to_json()})
+        return splice
+
+    def _offload(self, a: socket.socket, b: socket.socket) -> Splice:
+        s_a, s_b = self._states(a, b)
+        pair = pair_of(s_a, s_b)
+        try:
+            check_quiet(s_a, s_b)
+            check_options(s_a, s_b)
+            try:
+                to_server_hop, to_client_hop = next_hop(s_b.peer[0]), next_hop(s_a.peer[0])
+            except NoRoute as exc:
+                raise refusal.NoRoute(str(exc)) from None
+            with self._lock:
+                for flow in (pair.from_client, pair.from_server):
+                    self._require_free(flow)
+                tsvals = (
+                    self._learned_tsval(pair.from_client),
+                    self._learned_tsval(pair.from_server),
+                )
+                return self._install(a, b, pair, to_server_hop, to_client_hop, tsvals)
+        finally:
+            self._unhold(pair)
+
+    def _install(self, a, b, pair, to_server_hop, to_client_hop, tsvals) -> Splice:
+        learning = {f: f in self._learning for f in (pair.from_client, pair.from_server)}
+        enter_repair(a)
+        enter_repair(b)
+        installed: list[FlowKey] = []
+        try:
+            r_a, r_b = read_state(a, repair=True), read_state(b, repair=True)
+            check_quiet(r_a, r_b)
+            cs, sc = build_entries(r_a, r_b, to_server_hop, to_client_hop, *tsvals)
+            splice_id = self._add(cs)
+            installed.append(cs.match)
+            self._add(sc)
+            installed.append(sc.match)
+            time.sleep(SETTLE_S)
+            v_a, v_b = read_state(a, repair=True), read_state(b, repair=True)
+            change = moved(r_a, v_a) or moved(r_b, v_b)
+            if change:
+                raise refusal.StateMoved(f"a socket changed during the hand-over: {change}")
+        except Exception as exc:
+            for flow in installed:  # back to what the proxy had: learning, or nothing
+                if learning[flow]:
+                    self.target.add(Entry.learning(flow))
+                else:
+                    self.target.delete(flow)
+            leave_repair(a)
+            leave_repair(b)
+            if isinstance(exc, refusal.Refused):
+                raise
+            log.exception("hand-over failed")
+            raise refusal.Internal(f"{type(exc).__name__}: {exc}") from None
+        for flow in installed:
+            self._learning.pop(flow, None)
+        splice = Splice(splice_id, cs, sc)
+        self._splices[splice_id] = splice
+        log.info("splice %d: %s <-> %s", splice_id, cs.match, _out_flow(cs))
+        return splice
+
+    def release(self, splice_id: int, reason: str = "released") -> dict[str, Any]:
+        with self._lock:
+            splice = self._splices.pop(splice_id, None)
+            if splice is None:
+                raise refusal.NotFound(f"no splice {splice_id}")
+            stats = self._splice_stats(splice)
+            self.target.delete(splice.to_server.match)
+            self.target.delete(splice.to_client.match)
+        log.info("splice %d removed: %s", splice_id, reason)
+        self._emit({"event": "removed", "splice": splice_id, "reason": reason, **stats})
+        return stats
+
+    def _splice_stats(self, splice: Splice) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, e in (("to_server", splice.to_server), ("to_client", splice.to_client)):
+            entry_id = self.target.entry_id(e.match)
+            st = self.target.stats(entry_id) if entry_id is not None else None
+            out[name] = {"packets": st.packets, "bytes": st.bytes} if st else None
+        return out
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s.to_json() for s in sorted(self._splices.values(), key=lambda s: s.id)]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            splices = [
+                {**s.to_json(), **self._splice_stats(s)}
+                for s in sorted(self._splices.values(), key=lambda s: s.id)
+            ]
+            return {
+                "splices": splices,
+                "learning": len(self._learning),
+                "handovers": dict(self.results),
+                "counters": self.target.counters(),
+            }
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def on_event(self, match: FlowKey, tcp_flags: int) -> None:
+        """A FIN or RST the data plane saw."""
+        now = time.monotonic()
+        with self._lock:
+            if match in self._learning:
+                self._learning[match].remove_at = now + self.grace
+                return
+            for s in self._splices.values():
+                from_client = s.to_server.match == match
+                if not from_client and s.to_client.match != match:
+                    continue
+                kind = "rst" if tcp_flags & TCP_RST else "fin"
+                self._emit(
+                    {"event": kind, "splice": s.id, "from": "client" if from_client else "server"}
+                )
+                if tcp_flags & TCP_RST:
+                    s.end_reason = "reset"
+                elif from_client:
+                    s.fin_from_client = True
+                else:
+                    s.fin_from_server = True
+                if s.fin_from_client and s.fin_from_server and not s.end_reason:
+                    s.end_reason = "closed"
+                if s.end_reason and s.remove_at is None:
+                    s.remove_at = now + self.grace  # the last ACK must still pass
+                return
+
+    def reap(self) -> None:
+        """Removes ended splices after their grace period, and idle ones."""
+        now = time.monotonic()
+        due: list[tuple[int, str]] = []
+        with self._lock:
+            for s in self._splices.values():
+                if s.remove_at is not None and now >= s.remove_at:
+                    due.append((s.id, s.end_reason))
+                elif now - self._last_seen(s.created, s.to_server, s.to_client) > self.idle_timeout:
+                    due.append((s.id, "idle"))
+            for flow, learn in list(self._learning.items()):
+                ended = learn.remove_at is not None and now >= learn.remove_at
+                if (
+                    ended
+                    or now - self._last_seen(learn.created, Entry.learning(flow))
+                    > self.idle_timeout
+                ):
+                    self.target.delete(flow)
+                    del self._learning[flow]
+        for splice_id, reason in due:
+            try:
+                self.release(splice_id, reason)
+            except refusal.NotFound:
+                pass
+
+    def _last_seen(self, since: float, *entries: Entry) -> float:
+        """Seconds on the monotonic clock; the data plane's clock is CLOCK_MONOTONIC."""
+        last = since
+        for e in entries:
+            entry_id = self.target.entry_id(e.match)
+            if entry_id is not None:
+                last = max(last, self.target.stats(entry_id).last_seen_ns / 1e9)
+        return last

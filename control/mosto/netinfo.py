@@ -1,0 +1,43 @@
+"""Where the host sends a packet to an address: interface, our MAC, next hop's MAC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyroute2 import IPRoute
+
+from mosto.tcpstate import Address
+
+# NUD states with a usable link-layer address (linux/neighbour.h)
+_NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
+
+
+class NoRoute(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NextHop:
+    ifname: str
+    ifindex: int
+    smac: str
+    dmac: str
+
+
+def next_hop(dst: Address) -> NextHop:
+    """The route and neighbour entry the proxy's own traffic to dst uses."""
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=str(dst))
+        except Exception as exc:  # pyroute2 raises NetlinkError with the errno text
+            raise NoRoute(f"no route to {dst}: {exc}") from None
+        route = routes[0]
+        oif = route.get_attr("RTA_OIF")
+        via = route.get_attr("RTA_GATEWAY") or str(dst)
+        link = ipr.get_links(oif)[0]
+        ifname, smac = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_ADDRESS")
+        for neigh in ipr.get_neighbours(ifindex=oif, dst=via):
+            lladdr = neigh.get_attr("NDA_LLADDR")
+            if lladdr and neigh["state"] & _NUD_USABLE:
+                return NextHop(ifname, oif, smac, lladdr)
+    raise NoRoute(f"no neighbour entry for {via} on {ifname}")

@@ -1,0 +1,63 @@
+"""Why a hand-over (or another agent request) was refused: typed reasons
+shared by the agent, the protocol and the client."""
+
+from __future__ import annotations
+
+
+class Refused(Exception):
+    """A request the agent will not carry out. `code` is stable (the protocol's
+    "error" field); the message says what was seen, in one line."""
+
+    code = "refused"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _reason(code: str, doc: str) -> type[Refused]:
+    return type(code.title().replace("_", ""), (Refused,), {"code": code, "__doc__": doc})
+
+
+NotTcp = _reason("not_tcp", "A descriptor is not a TCP socket.")
+NotConnected = _reason("not_connected", "A socket is not connected.")
+WrongFamily = _reason("wrong_family", "The two connections use different address families.")
+NotEstablished = _reason("not_established", "A connection is not in ESTABLISHED state.")
+BuffersNotEmpty = _reason("buffers_not_empty", "Data is still queued in a socket.")
+OptionsIncompatible = _reason(
+    "options_incompatible", "TCP options differ in a way the data plane cannot reconcile."
+)
+TimestampsUnknown = _reason(
+    "timestamps_unknown", "A peer's TSval was never seen: register the flow first."
+)
+NoRoute = _reason("no_route", "No route or neighbour entry towards a peer.")
+TableFull = _reason("table_full", "The data plane's splice table is full.")
+StateMoved = _reason("state_moved", "A socket's state changed during the hand-over.")
+AlreadySpliced = _reason("already_spliced", "An entry for this flow exists already.")
+NotFound = _reason("not_found", "No such splice.")
+BadRequest = _reason("bad_request", "The request is malformed.")
+Internal = _reason("internal", "The agent failed; the sockets were given back untouched.")
+
+REASONS: dict[str, type[Refused]] = {
+    cls.code: cls
+    for cls in (
+        NotTcp,
+        NotConnected,
+        WrongFamily,
+        NotEstablished,
+        BuffersNotEmpty,
+        OptionsIncompatible,
+        TimestampsUnknown,
+        NoRoute,
+        TableFull,
+        StateMoved,
+        AlreadySpliced,
+        NotFound,
+        BadRequest,
+        Internal,
+    )
+}
+
+
+def from_code(code: str, message: str) -> Refused:
+    return REASONS.get(code, Refused)(message)

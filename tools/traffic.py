@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Verifiable bulk transfers for tests, the demo and benchmarks.
+
+    traffic.py serve --listen 0.0.0.0:9000
+    traffic.py fetch --connect 10.1.0.2:8000 --size 64M [--upload] [--seed 7]
+
+The client sends one header line, "SIZE DIRECTION SEED"; the server then sends
+SIZE bytes of the seed's pseudo-random stream (download) or reads SIZE bytes
+and answers with their sha256 (upload). The client checks the sha256 against
+the stream it can regenerate itself and prints a JSON result. Both sides
+close with a FIN after the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+CHUNK = 1 << 20
+
+
+def stream(size: int, seed: int) -> Iterator[bytes]:
+    """A non-periodic stream: a splice that shifts data by any amount shows."""
+    rng = random.Random(seed)
+    left = size
+    while left > 0:
+        n = min(CHUNK, left)
+        yield rng.randbytes(n)
+        left -= n
+
+
+def digest(size: int, seed: int) -> str:
+    h = hashlib.sha256()
+    for block in stream(size, seed):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _recv_exact_line(sock: socket.socket) -> bytes:
+    line = b""
+    while not line.endswith(b"\n"):
+        ch = sock.recv(1)
+        if not ch:
+            raise ConnectionError("closed before the header")
+        line += ch
+    return line
+
+
+def _handle(conn: socket.socket) -> None:
+    with conn:
+        size, direction, seed = _recv_exact_line(conn).split()
+        size, seed = int(size), int(seed)
+        if direction == b"down":
+            for block in stream(size, seed):
+                conn.sendall(block)
+        else:
+            h, got = hashlib.sha256(), 0
+            while got < size:
+                data = conn.recv(CHUNK)
+                if not data:
+                    break
+                h.update(data)
+                got += len(data)
+            conn.sendall(h.hexdigest().encode())
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(CHUNK):  # until the client's FIN
+            pass
+
+
+def serve(listen: tuple[str, int]) -> None:
+    family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(listen)
+    srv.listen(1024)
+    print("ready", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=_handle, args=(conn,), daemon=True).start()
+
+
+def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float = 0.0) -> dict:
+    """pace: seconds to sleep after each MiB (a slower flow, to hand over mid-stream)."""
+    t0 = time.monotonic()
+    sock = socket.create_connection(addr, timeout=120)
+    sock.sendall(f"{size} {'up' if upload else 'down'} {seed}\n".encode())
+    h, got = hashlib.sha256(), 0
+    if upload:
+        for block in stream(size, seed):
+            sock.sendall(block)
+            if pace:
+                time.sleep(pace)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := sock.recv(CHUNK):
+            answer += data
+        got_digest, got = answer.decode(), size
+    else:
+        while data := sock.recv(CHUNK):
+            h.update(data)
+            got += len(data)
+            if pace and got % CHUNK < len(data):
+                time.sleep(pace)
+        sock.shutdown(socket.SHUT_WR)
+        got_digest = h.hexdigest()
+    sock.close()
+    seconds = time.monotonic() - t0
+    expected = digest(size, seed)
+    return {
+        "ok": got_digest == expected and got == size,
+        "bytes": got,
+        "seconds": seconds,
+        "sha256": got_digest,
+        "expected": expected,
+        "gbit_s": round(got * 8 / seconds / 1e9, 3),
+    }
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    mult = units.get(text[-1:].lower(), 1)
+    return int(text[:-1] if mult > 1 else text) * mult
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--listen", type=_hostport, required=True)
+    f = sub.add_parser("fetch")
+    f.add_argument("--connect", type=_hostport, required=True)
+    f.add_argument("--size", type=_size, required=True)
+    f.add_argument("--upload", action="store_true")
+    f.add_argument("--seed", type=int, default=1)
+    f.add_argument("--pace", type=float, default=0.0, help="sleep per MiB (seconds)")
+    args = parser.parse_args()
+    if args.cmd == "serve":
+        serve(args.listen)
+        return 0
+    result = fetch(args.connect, args.size, args.upload, args.seed, args.pace)
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
