@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -13,7 +14,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from mosto.entry import parse_entry
-from mosto.xdp import abi
+from mosto.xdp import abi, libbpf
 from mosto.xdp.target import TargetError, XdpTarget
 
 pytestmark = pytest.mark.needs_root
@@ -47,7 +48,7 @@ def pin_dir():
 
 def mosto(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mosto.cli", *args], input=stdin, capture_output=True, text=True
+        [sys.executable, "-m", "mosto", *args], input=stdin, capture_output=True, text=True
     )
 
 
@@ -63,6 +64,8 @@ def test_cli_attach_add_list_delete_detach(veth, pin_dir):
     r = mosto("xdp", "attach", veth, "--mode", "native", "--pin-dir", pin_dir)
     assert r.returncode == 0, r.stderr
     assert f"attached to {veth} (native)" in r.stdout
+    ifindex = socket.if_nametoindex(veth)
+    assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_DRV_MODE) != 0
     assert (Path(pin_dir) / "mosto_splice").exists()
 
     r = mosto("entry", "add", "-", "--pin-dir", pin_dir, stdin=json.dumps(doc))
@@ -81,8 +84,8 @@ def test_cli_attach_add_list_delete_detach(veth, pin_dir):
     assert r.returncode == 1 and "no entry for" in r.stderr
     r = mosto("xdp", "detach", veth)
     assert r.returncode == 0 and "detached" in r.stdout
-    with IPRoute() as ipr:
-        assert "IFLA_XDP" not in str(ipr.get_links(ifname=veth)[0].get_attr("IFLA_XDP") or "")
+    ifindex = socket.if_nametoindex(veth)
+    assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_DRV_MODE) == 0
 
 
 def test_cli_errors_are_one_line(pin_dir):
