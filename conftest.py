@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "ptf_tests"))
+for _dir in ("ptf_tests", "tools"):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), _dir))
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 
 CHUNK = 1 << 20
+PACE_BYTES = 64 << 10
 
 
 def stream(size: int, seed: int) -> Iterator[bytes]:
@@ -87,16 +88,17 @@ def serve(listen: tuple[str, int]) -> None:
 
 
 def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float = 0.0) -> dict:
-    """pace: seconds to sleep after each MiB (a slower flow, to hand over mid-stream)."""
+    """pace: seconds to sleep after each PACE_BYTES (a slower flow, to hand over mid-stream)."""
     t0 = time.monotonic()
     sock = socket.create_connection(addr, timeout=120)
     sock.sendall(f"{size} {'up' if upload else 'down'} {seed}\n".encode())
     h, got = hashlib.sha256(), 0
     if upload:
         for block in stream(size, seed):
-            sock.sendall(block)
-            if pace:
-                time.sleep(pace)
+            for i in range(0, len(block), PACE_BYTES):
+                sock.sendall(block[i : i + PACE_BYTES])
+                if pace:
+                    time.sleep(pace)
         sock.shutdown(socket.SHUT_WR)
         answer = b""
         while data := sock.recv(CHUNK):
@@ -106,7 +108,7 @@ def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float
         while data := sock.recv(CHUNK):
             h.update(data)
             got += len(data)
-            if pace and got % CHUNK < len(data):
+            if pace and got % PACE_BYTES < len(data):
                 time.sleep(pace)
         sock.shutdown(socket.SHUT_WR)
         got_digest = h.hexdigest()
@@ -120,6 +122,33 @@ def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float
         "sha256": got_digest,
         "expected": expected,
         "gbit_s": round(got * 8 / seconds / 1e9, 3),
+    }
+
+
+def fetch_many(addr: tuple[str, int], size: int, upload: bool, seed: int, n: int) -> dict:
+    """n flows at once, one thread each; ok only if every one arrived intact."""
+    results: list[dict] = [{} for _ in range(n)]
+
+    def one(i: int) -> None:
+        try:
+            results[i] = fetch(addr, size, upload, seed + i)
+        except OSError as exc:
+            results[i] = {"ok": False, "error": str(exc)}
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    failed = [r for r in results if not r.get("ok")]
+    return {
+        "ok": not failed,
+        "flows": n,
+        "failed": len(failed),
+        "first_failure": failed[:1],
+        "seconds": time.monotonic() - t0,
+        "bytes": sum(r.get("bytes", 0) for r in results),
     }
 
 
@@ -146,12 +175,16 @@ def main() -> int:
     f.add_argument("--size", type=_size, required=True)
     f.add_argument("--upload", action="store_true")
     f.add_argument("--seed", type=int, default=1)
-    f.add_argument("--pace", type=float, default=0.0, help="sleep per MiB (seconds)")
+    f.add_argument("--pace", type=float, default=0.0, help="sleep per 64 KiB (seconds)")
+    f.add_argument("--parallel", type=int, default=1, help="flows at once (seeds seed, seed+1..)")
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.listen)
         return 0
-    result = fetch(args.connect, args.size, args.upload, args.seed, args.pace)
+    if args.parallel == 1:
+        result = fetch(args.connect, args.size, args.upload, args.seed, args.pace)
+    else:
+        result = fetch_many(args.connect, args.size, args.upload, args.seed, args.parallel)
     print(json.dumps(result))
     return 0 if result["ok"] else 1
 

@@ -36,4 +36,3 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"mosto: {exc}", file=sys.stderr)
         return 2
-

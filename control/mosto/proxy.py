@@ -56,12 +56,14 @@ class Relay:
         handover_after: int | None,
         attempts: int,
         stats: ProxyStats,
+        drain: bool = True,
     ):
         self.a, self.b = a, b
         self.agent_path = agent_path
         self.handover_after = handover_after
         self.attempts = attempts
         self.stats = stats
+        self.drain = drain
         self.relayed = 0
         self.eof = {a: False, b: False}
         self.pending = {a: b"", b: b""}  # bytes read from the key, not yet written onward
@@ -127,12 +129,9 @@ class Relay:
         ) and not any(self.pending.values())
 
     def _handover(self, client: AgentClient) -> bool:
-        client.hold(self.a, self.b)
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while not self._quiet():
-            if time.monotonic() > deadline or not self._pump(0.001):
-                client.unhold(self.a, self.b)
-                self.stats.refusal("drain_timeout")
+        if self.drain:
+            client.hold(self.a, self.b)
+            if not self._drain(client):
                 return False
         try:
             splice = client.offload(self.a, self.b)
@@ -144,6 +143,16 @@ class Relay:
         self.stats.add(handed_over=1)
         return True
 
+    def _drain(self, client: AgentClient) -> bool:
+        """Relays what is queued while the senders are held, until all is acked."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while not self._quiet():
+            if time.monotonic() > deadline or not self._pump(0.001):
+                client.unhold(self.a, self.b)
+                self.stats.refusal("drain_timeout")
+                return False
+        return True
+
 
 class Proxy:
     def __init__(
@@ -153,8 +162,10 @@ class Proxy:
         agent_path: str | None,
         handover_after: int | None = None,
         attempts: int = 5,
+        drain: bool = True,
     ):
         self.upstream = upstream
+        self.drain = drain
         self.agent_path = agent_path
         self.handover_after = handover_after
         self.attempts = attempts
@@ -180,4 +191,6 @@ class Proxy:
             return
         for s in (a, b):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        Relay(a, b, self.agent_path, self.handover_after, self.attempts, self.stats).run()
+        Relay(
+            a, b, self.agent_path, self.handover_after, self.attempts, self.stats, self.drain
+        ).run()

@@ -34,7 +34,14 @@ def _proxy(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        proxy = Proxy(args.listen, args.upstream, args.agent, args.handover_after)
+        proxy = Proxy(
+            args.listen,
+            args.upstream,
+            args.agent or None,
+            args.handover_after,
+            args.attempts,
+            drain=not args.no_drain,
+        )
     except OSError as exc:
         where = f"{args.listen[0]}:{args.listen[1]}"
         raise CliError(f"cannot listen on {where}: {exc.strerror}") from None
@@ -77,6 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="BYTES",
         help="hand a flow over once this much went through (e.g. 1M)",
+    )
+    p.add_argument("--attempts", type=int, default=5, help="hand-over attempts per flow (5)")
+    p.add_argument(
+        "--no-drain",
+        action="store_true",
+        help="offload without holding the senders and draining (bulk flows will "
+        "mostly be refused: buffers not empty)",
     )
     p.add_argument("--stats-file", help="keep a JSON summary here (rewritten 5 times a second)")
     p.set_defaults(func=_proxy)

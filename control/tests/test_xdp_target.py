@@ -66,6 +66,9 @@ def test_cli_attach_add_list_delete_detach(veth, pin_dir):
     assert f"attached to {veth} (native)" in r.stdout
     ifindex = socket.if_nametoindex(veth)
     assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_DRV_MODE) != 0
+    # A second load reuses every pinned map (the devmap included).
+    r = mosto("xdp", "attach", veth + "p", "--mode", "native", "--pin-dir", pin_dir)
+    assert r.returncode == 0, r.stderr
     assert (Path(pin_dir) / "mosto_splice").exists()
 
     r = mosto("entry", "add", "-", "--pin-dir", pin_dir, stdin=json.dumps(doc))
@@ -82,8 +85,8 @@ def test_cli_attach_add_list_delete_detach(veth, pin_dir):
     assert r.returncode == 0 and "deleted 1 entry" in r.stdout
     r = mosto("entry", "del", "-", "--pin-dir", pin_dir, stdin=json.dumps(doc))
     assert r.returncode == 1 and "no entry for" in r.stderr
-    r = mosto("xdp", "detach", veth)
-    assert r.returncode == 0 and "detached" in r.stdout
+    r = mosto("xdp", "detach", veth, veth + "p")
+    assert r.returncode == 0 and r.stdout.count("detached") == 2
     ifindex = socket.if_nametoindex(veth)
     assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_DRV_MODE) == 0
 

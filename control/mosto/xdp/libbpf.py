@@ -51,6 +51,7 @@ _sig("bpf_map__fd", ctypes.c_int, _p)
 _sig("bpf_map__key_size", ctypes.c_uint32, _p)
 _sig("bpf_map__value_size", ctypes.c_uint32, _p)
 _sig("bpf_map__set_pin_path", ctypes.c_int, _p, ctypes.c_char_p)
+_sig("bpf_map__reuse_fd", ctypes.c_int, _p, ctypes.c_int)
 _sig("bpf_program__fd", ctypes.c_int, _p)
 _sig("bpf_obj_get", ctypes.c_int, ctypes.c_char_p)
 _sig("bpf_map_update_elem", ctypes.c_int, ctypes.c_int, _p, _p, ctypes.c_uint64)
@@ -174,8 +175,19 @@ class BpfObject:
             name = _lib.bpf_map__name(m).decode()
             self.maps[name] = m
             # Pinning by name needs a directory; without one the maps stay private.
-            pin = f"{pin_dir}/{name}".encode() if pin_dir else None
-            _check(_lib.bpf_map__set_pin_path(m, pin), f"pin path of {name}")
+            pin = f"{pin_dir}/{name}" if pin_dir else None
+            if pin and os.path.exists(pin):
+                # Reuse the pinned map ourselves: libbpf 1.1 compares its flags and
+                # refuses a devmap, to which the kernel adds BPF_F_RDONLY_PROG.
+                fd = obj_get(pin)
+                try:
+                    _check(_lib.bpf_map__reuse_fd(m, fd), f"reuse pinned {name}")
+                finally:
+                    os.close(fd)
+                pin = None
+            _check(
+                _lib.bpf_map__set_pin_path(m, pin.encode() if pin else None), f"pin path of {name}"
+            )
             m = _lib.bpf_object__next_map(self._obj, m)
         if pin_dir:
             os.makedirs(pin_dir, exist_ok=True)

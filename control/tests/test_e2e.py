@@ -1,0 +1,160 @@
+"""End to end: real kernel TCP in client/proxy/server namespaces, the
+reference proxy handing flows over to the agent, XDP on the proxy's
+interfaces. Every transfer's sha256 is checked at the receiving end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from stack import Stack, wait_for
+from topology import topology
+
+pytestmark = pytest.mark.needs_root
+
+KIB, MIB = 1 << 10, 1 << 20
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with topology("mte") as topo:
+        s = Stack(topo)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def _settled(proxy) -> dict | None:
+    """The proxy's stats once its hand-over attempt is over (the file lags a little)."""
+    st = proxy.stats
+    return st if st["handed_over"] or st["refused"] else None
+
+
+def _proxy_side(splice: dict) -> set[tuple]:
+    """The proxy's own ends of a splice: (proxy addr, port, peer addr, port)."""
+    to_server = splice["entries"][0]
+    client, server = splice["client"], splice["server"]
+    return {
+        (client["dst"], client["dport"], client["src"], client["sport"]),
+        (server["src"], server["sport"], server["dst"], server["dport"]),
+        (
+            to_server["match"]["dst"],
+            to_server["match"]["dport"],
+            to_server["match"]["src"],
+            to_server["match"]["sport"],
+        ),
+    }
+
+
+def _check_spliced_transfer(stack: Stack, proxy, result: dict, size: int, upload: bool):
+    assert result["ok"], result
+    stats = wait_for(lambda: _settled(proxy), 5, "the proxy's hand-over attempt")
+    assert stats["handed_over"] == 1, stats
+    assert stats["relayed_bytes"] < size, "the proxy relayed everything itself"
+    spliced = [
+        i
+        for i, e in enumerate(stack.events)
+        if e["event"] == "spliced" and e["splice"]["client"]["dport"] == proxy.port
+    ]
+    assert len(spliced) == 1
+    splice = stack.events[spliced[0]]["splice"]
+    # FIN both ways reached the ends (the transfer finished); the entries go.
+    # (Splice ids are reused: only events after this splice's count.)
+    removed = wait_for(
+        lambda: [
+            e
+            for e in stack.events[spliced[0] :]
+            if e["event"] == "removed" and e["splice"] == splice["id"]
+        ],
+        10,
+        "the splice's removal",
+    )
+    assert removed[0]["reason"] == "closed"
+    data_dir = "to_server" if upload else "to_client"
+    assert removed[0][data_dir]["bytes"] >= size - stats["relayed_bytes"]
+    ends = _proxy_side(splice)
+    leaked = [
+        p
+        for p in stack.fin_rst_from_proxy()
+        if (p["src"], p["sport"], p["dst"], p["dport"]) in ends
+    ]
+    assert not leaked, f"the proxy host sent FIN/RST after the hand-over: {leaked}"
+    listed = json.loads(stack.ctl("list", "--json"))
+    assert splice["client"] not in [s["client"] for s in listed]
+
+
+@pytest.mark.parametrize(
+    ("size", "after"),
+    [("1M", 256 * KIB), ("64M", MIB), ("1G", 4 * MIB)],
+    ids=["1MiB", "64MiB", "1GiB"],
+)
+@pytest.mark.parametrize("upload", [False, True], ids=["download", "upload"])
+def test_transfer_handed_over_mid_stream(stack, size, after, upload):
+    port = 8000 + 10 * ["1M", "64M", "1G"].index(size) + upload
+    with stack.proxy(port, "--handover-after", str(after)) as proxy:
+        # 1 MiB is paced a little, so that it is still flowing at the hand-over.
+        pace = ["--pace", "0.002"] if size == "1M" else []
+        result = stack.fetch(proxy, size, *pace, *(["--upload"] if upload else []))
+        nbytes = result["bytes"]
+        _check_spliced_transfer(stack, proxy, result, nbytes, upload)
+
+
+def test_ipv6_transfer_handed_over(stack):
+    with stack.proxy(8100, "--handover-after", str(MIB), v6=True) as proxy:
+        result = stack.fetch(proxy, "64M")
+        _check_spliced_transfer(stack, proxy, result, result["bytes"], upload=False)
+        assert ":" in stack.events_of("spliced")[-1]["splice"]["client"]["src"]
+
+
+def test_handover_with_data_queued_is_refused_and_the_proxy_carries_on(stack):
+    # No hold, no drain: the proxy asks while its sockets still hold data.
+    with stack.proxy(8200, "--handover-after", str(MIB), "--no-drain", "--attempts", "1") as p:
+        result = stack.fetch(p, "64M")
+        assert result["ok"], result
+        stats = wait_for(
+            lambda: p.stats if p.stats["relayed_bytes"] >= 64 * MIB else None,
+            5,
+            "the proxy to relay the whole transfer",
+        )
+    assert stats["handed_over"] == 0
+    assert stats["refused"] == {"buffers_not_empty": 1}, stats
+
+
+def test_100_concurrent_flows_handed_over(stack):
+    with stack.proxy(8300, "--handover-after", str(256 * KIB)) as proxy:
+        result = stack.fetch(proxy, "16M", "--parallel", "100", "--seed", "100")
+        assert result["ok"] and result["flows"] == 100, result
+        stats = wait_for(
+            lambda: proxy.stats if proxy.stats["flows"] == 100 else None, 5, "100 flows"
+        )
+    assert stats["handed_over"] == 100, stats
+
+
+def test_unprivileged_proxy_hands_over(stack):
+    with stack.proxy(8400, "--handover-after", str(MIB), uid=NOBODY) as proxy:
+        assert proxy.cap_eff() == 0, "the proxy must run without capabilities"
+        result = stack.fetch(proxy, "64M")
+        _check_spliced_transfer(stack, proxy, result, result["bytes"], upload=False)
+
+
+def test_agent_killed_after_handover_flow_completes_and_restart_rebuilds(stack):
+    with stack.proxy(8500, "--handover-after", str(4 * MIB)) as proxy:
+        import threading
+
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.update(stack.fetch(proxy, "1G")))
+        t.start()
+        wait_for(lambda: proxy.stats["handed_over"] == 1, 30, "the hand-over")
+        stack.kill_agent()
+        t.join(120)
+        assert box.get("ok"), box
+    stack.start_agent()
+    listed = json.loads(stack.ctl("list", "--json"))
+    assert any(s["client"]["dport"] == 8500 for s in listed), listed
+    for s in listed:
+        stack.ctl("release", str(s["id"]))
+    time.sleep(0.1)
+    assert json.loads(stack.ctl("list", "--json")) == []
