@@ -43,6 +43,10 @@ bmv2-test: build
 bench: build
 	$(PY) tools/bench_xdp.py
 	$(PY) tools/bench_chains.py
+	$(PY) tools/bench_handover.py
+
+demo: build
+	$(PY) tools/demo.py
 
 clean:
 	rm -rf build

@@ -4,7 +4,7 @@
     traffic.py serve --listen 0.0.0.0:9000
     traffic.py fetch --connect 10.1.0.2:8000 --size 64M [--upload] [--seed 7]
 
-The client sends one header line, "SIZE DIRECTION SEED"; the server then sends
+The client sends one header line, "SIZE DIRECTION SEED PACE"; the server then sends
 SIZE bytes of the seed's pseudo-random stream (download) or reads SIZE bytes
 and answers with their sha256 (upload). The client checks the sha256 against
 the stream it can regenerate itself and prints a JSON result. Both sides
@@ -56,11 +56,16 @@ def _recv_exact_line(sock: socket.socket) -> bytes:
 
 def _handle(conn: socket.socket) -> None:
     with conn:
-        size, direction, seed = _recv_exact_line(conn).split()
-        size, seed = int(size), int(seed)
-        if direction == b"down":
+        size, direction, seed, pace = _recv_exact_line(conn).split()
+        size, seed, pace = int(size), int(seed), float(pace)
+        if direction == b"idle":
+            pass  # nothing to send: the client closes when it is done
+        elif direction == b"down":
             for block in stream(size, seed):
-                conn.sendall(block)
+                for i in range(0, len(block), PACE_BYTES):
+                    conn.sendall(block[i : i + PACE_BYTES])
+                    if pace:
+                        time.sleep(pace)
         else:
             h, got = hashlib.sha256(), 0
             while got < size:
@@ -88,11 +93,12 @@ def serve(listen: tuple[str, int]) -> None:
 
 
 def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float = 0.0) -> dict:
-    """pace: seconds to sleep after each PACE_BYTES (a slower flow, to hand over mid-stream)."""
+    """pace: the sender sleeps this long after each PACE_BYTES (a slower flow, to hand
+    over mid-stream); the server paces downloads, the client uploads."""
     t0 = time.monotonic()
     sock = socket.create_connection(addr, timeout=120)
-    sock.sendall(f"{size} {'up' if upload else 'down'} {seed}\n".encode())
-    h, got = hashlib.sha256(), 0
+    sock.sendall(f"{size} {'up' if upload else 'down'} {seed} {pace}\n".encode())
+    h, got, max_gap = hashlib.sha256(), 0, 0.0
     if upload:
         for block in stream(size, seed):
             for i in range(0, len(block), PACE_BYTES):
@@ -105,11 +111,12 @@ def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float
             answer += data
         got_digest, got = answer.decode(), size
     else:
-        while data := sock.recv(CHUNK):
+        last = time.monotonic()
+        while data := sock.recv(CHUNK):  # the server paces a download
+            now = time.monotonic()
+            max_gap, last = max(max_gap, now - last), now
             h.update(data)
             got += len(data)
-            if pace and got % PACE_BYTES < len(data):
-                time.sleep(pace)
         sock.shutdown(socket.SHUT_WR)
         got_digest = h.hexdigest()
     sock.close()
@@ -123,6 +130,19 @@ def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float
         "expected": expected,
         "gbit_s": round(got * 8 / seconds / 1e9, 3),
     }
+
+
+def hold_open(addr: tuple[str, int], count: int, seconds: float) -> dict:
+    """count quiet connections, kept open for seconds (hand-over benchmarks)."""
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(addr, timeout=30)
+        s.sendall(b"0 idle 0 0\n")
+        socks.append(s)
+    time.sleep(seconds)
+    for s in socks:
+        s.close()
+    return {"ok": True, "flows": count}
 
 
 def fetch_many(addr: tuple[str, int], size: int, upload: bool, seed: int, n: int) -> dict:
@@ -177,9 +197,16 @@ def main() -> int:
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--pace", type=float, default=0.0, help="sleep per 64 KiB (seconds)")
     f.add_argument("--parallel", type=int, default=1, help="flows at once (seeds seed, seed+1..)")
+    h = sub.add_parser("idle", help="open quiet connections and keep them")
+    h.add_argument("--connect", type=_hostport, required=True)
+    h.add_argument("--count", type=int, default=1)
+    h.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.listen)
+        return 0
+    if args.cmd == "idle":
+        print(json.dumps(hold_open(args.connect, args.count, args.seconds)))
         return 0
     if args.parallel == 1:
         result = fetch(args.connect, args.size, args.upload, args.seed, args.pace)

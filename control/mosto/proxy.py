@@ -33,6 +33,8 @@ class ProxyStats:
     handed_over: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     relayed_bytes: int = 0
+    handover_ms: list[float] = field(default_factory=list)  # hold + drain + offload
+    offload_ms: list[float] = field(default_factory=list)  # the offload call alone
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **changes: int) -> None:
@@ -129,18 +131,24 @@ class Relay:
         ) and not any(self.pending.values())
 
     def _handover(self, client: AgentClient) -> bool:
+        t0 = time.perf_counter()
         if self.drain:
             client.hold(self.a, self.b)
             if not self._drain(client):
                 return False
+        t1 = time.perf_counter()
         try:
             splice = client.offload(self.a, self.b)
         except Refused as exc:  # offload lifts the hold either way
             log.info("hand-over refused (%s): %s", exc.code, exc.message)
             self.stats.refusal(exc.code)
             return False
+        t2 = time.perf_counter()
         log.info("handed over as splice %s after %d bytes", splice["id"], self.relayed)
         self.stats.add(handed_over=1)
+        with self.stats.lock:
+            self.stats.handover_ms.append((t2 - t0) * 1e3)
+            self.stats.offload_ms.append((t2 - t1) * 1e3)
         return True
 
     def _drain(self, client: AgentClient) -> bool:

@@ -46,11 +46,19 @@ def xdp() -> Iterator[XdpTarget]:
     target.close()
 
 
+def _drain_events(xdp: XdpTarget) -> None:
+    with xdp.events(lambda ev: None) as ring:
+        ring.poll(0)
+
+
 @pytest.fixture
 def clean_xdp(xdp: XdpTarget) -> Iterator[XdpTarget]:
-    """The shared target with no entries and zeroed counters, and so again afterwards."""
+    """The shared target with no entries, no pending events and zeroed counters,
+    and so again afterwards."""
+    _drain_events(xdp)
     xdp.reset_counters()
     yield xdp
     for _, e in xdp.entries():
         xdp.delete(e.match)
+    _drain_events(xdp)
     xdp.reset_counters()

@@ -160,6 +160,7 @@ def checksums_verify(frame: bytes) -> bool:
 def test_differential(clean_xdp, ports):
     examples = 0
     outcomes: Counter[str] = Counter()
+    events: list = []
 
     @settings(
         max_examples=EXAMPLES,
@@ -178,9 +179,11 @@ def test_differential(clean_xdp, ports):
         )
         entry_id = clean_xdp.add(xdp_entry)
         clean_xdp.reset_counters()
+        events.clear()
         try:
             verdict, out, _ = clean_xdp.test_run(frame, ingress_ifindex=ports[0])
             learned = clean_xdp.stats(entry_id).tsval
+            ring.poll(0)
         finally:
             clean_xdp.delete(entry.match)
         want = splice(frame, {entry.match: entry})
@@ -198,10 +201,14 @@ def test_differential(clean_xdp, ports):
         if want.verdict is not Verdict.DROP:
             assert out == want.frame, explain_mismatch(want.frame, out)
         assert learned == want.learned_tsval
+        assert [ev.tcp_flags & 0x05 for ev in events] == (
+            [want.event_flags] if want.event_flags else []
+        )
         if want.verdict is Verdict.FORWARD and intact:
             assert checksums_verify(out), f"bad checksum in output {out.hex()}"
 
-    check()
+    with clean_xdp.events(events.append) as ring:
+        check()
     print(
         f"\ndifferential: {examples} random frames and entries, XDP == model: "
         + ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
