@@ -50,10 +50,12 @@ def proc_cpu(pid: int) -> float:
 
 
 def host_busy() -> float:
-    """Busy CPU seconds of the whole host, all cores."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    idle = values[3] + values[4]
-    return (sum(values) - idle) / TICK
+    """Busy CPU seconds of the whole host, all cores: user, nice, system, irq and
+    softirq (guest time is inside user already; idle, iowait and steal are not busy)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:8]
+    )
+    return (user + nice + system + irq + softirq) / TICK
 
 
 def pct(values: list[float], q: float) -> float:
@@ -75,6 +77,7 @@ class Bench:
             f"{host}:{port}",
             "--size",
             self.size,
+            "--no-verify",  # the tests check integrity; here the client must be cheap
         )
         result = json.loads(out.stdout)
         assert result["ok"], result
@@ -133,40 +136,26 @@ def main() -> int:
             )
             time.sleep(0.5)
             bench = Bench(topo, args.size, tmp)
-            print(f"bulk download of {args.size}, one flow:", file=sys.stderr)
-            bench.measure("kernel forwarding (no proxy)", SERVER4, 9000, None)
+            mosto = str(BIN / "mosto")
 
-            cfg = tmp / "haproxy.cfg"
-            cfg.write_text(
-                HAPROXY_CFG.format(listen=f"{PROXY_C4}:8600", upstream=f"{SERVER4}:9000")
-            )
-            hap = spawn(topo.proxy, ["haproxy", "-db", "-f", str(cfg)], "haproxy.log")
-            time.sleep(0.5)
-            bench.measure("haproxy 2.6, TCP mode", PROXY_C4, 8600, hap.pid)
-            hap.terminate()
-
-            plain = spawn(
-                topo.proxy,
-                [
-                    str(BIN / "mosto"),
+            def proxy_cmd(port: int, *extra: str) -> list[str]:
+                return [
+                    mosto,
                     "proxy",
                     "--listen",
-                    "0.0.0.0:8700",
+                    f"0.0.0.0:{port}",
                     "--upstream",
                     f"{SERVER4}:9000",
-                    "--agent",
-                    "",
-                ],
-                "proxy-plain.log",
-            )
-            time.sleep(0.5)
-            bench.measure("Python proxy (relaying)", PROXY_C4, 8700, plain.pid)
-            plain.terminate()
+                    *extra,
+                ]
 
+            print(f"bulk download of {args.size}, one flow:", file=sys.stderr)
+            # veth carries 64 KiB GSO frames unless XDP is attached; a NIC never does.
+            bench.measure("kernel forwarding, no XDP (veth GSO frames)", SERVER4, 9000, None)
             spawn(
                 topo.proxy,
                 [
-                    str(BIN / "mosto"),
+                    mosto,
                     "agent",
                     "pc",
                     "ps",
@@ -180,23 +169,35 @@ def main() -> int:
                 "agent.log",
             )
             wait_file(Path(topo.agent_socket))
+            print("XDP attached from here on (MTU-sized frames, as from a NIC):", file=sys.stderr)
+            bench.measure("kernel forwarding (no proxy)", SERVER4, 9000, None)
+
+            cfg = tmp / "haproxy.cfg"
+            cfg.write_text(
+                HAPROXY_CFG.format(listen=f"{PROXY_C4}:8600", upstream=f"{SERVER4}:9000")
+            )
+            hap = spawn(topo.proxy, ["haproxy", "-db", "-f", str(cfg)], "haproxy.log")
+            time.sleep(0.5)
+            bench.measure("haproxy 2.6, TCP mode", PROXY_C4, 8600, hap.pid)
+            hap.terminate()
+
+            plain = spawn(topo.proxy, proxy_cmd(8700, "--agent", ""), "proxy-plain.log")
+            time.sleep(0.5)
+            bench.measure("Python proxy (relaying)", PROXY_C4, 8700, plain.pid)
+            plain.terminate()
+
             stats = tmp / "proxy-handover.json"
             proxy = spawn(
                 topo.proxy,
-                [
-                    str(BIN / "mosto"),
-                    "proxy",
-                    "--listen",
-                    "0.0.0.0:8800",
-                    "--upstream",
-                    f"{SERVER4}:9000",
+                proxy_cmd(
+                    8800,
                     "--agent",
                     topo.agent_socket,
                     "--handover-after",
                     "1M",
                     "--stats-file",
                     str(stats),
-                ],
+                ),
                 "proxy-handover.log",
             )
             wait_file(stats)
@@ -205,20 +206,15 @@ def main() -> int:
             quiet_stats = tmp / "proxy-quiet.json"
             spawn(
                 topo.proxy,
-                [
-                    str(BIN / "mosto"),
-                    "proxy",
-                    "--listen",
-                    "0.0.0.0:8900",
-                    "--upstream",
-                    f"{SERVER4}:9000",
+                proxy_cmd(
+                    8900,
                     "--agent",
                     topo.agent_socket,
                     "--handover-after",
                     "0",
                     "--stats-file",
                     str(quiet_stats),
-                ],
+                ),
                 "proxy-quiet.log",
             )
             wait_file(quiet_stats)
@@ -275,7 +271,7 @@ def main() -> int:
 
 
 def render(size: str, rows: list[dict], lat: dict) -> str:
-    base = rows[0]["gbit_s"]
+    base = rows[1]["gbit_s"]
     lines = [
         "# Benchmarks",
         "",
@@ -288,6 +284,8 @@ def render(size: str, rows: list[dict], lat: dict) -> str:
         "Proxy CPU: user + system seconds of the proxy process during the transfer.",
         "Host CPU: busy seconds of all cores (client, server, softirq included).",
         "Longest stall: the longest gap between two reads at the client.",
+        "Ratios are to kernel forwarding with XDP attached (the second row): with no XDP",
+        "program, veth moves 64 KiB GSO frames, which no real NIC does.",
         "",
         "| path | Gbit/s | x forwarding | seconds | proxy CPU s | host CPU s | longest stall ms |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -22,13 +22,15 @@ from mosto.entry import Entry, FlowKey
 from mosto.handover import build_entries, check_options, check_quiet, moved, pair_of
 from mosto.hold import Holds
 from mosto.netinfo import NoRoute, next_hop
-from mosto.tcpstate import TcpState, enter_repair, leave_repair, read_state
+from mosto.tcpstate import TcpState, enter_repair, leave_repair, probe_peer, read_state
 from mosto.xdp.target import TableFull
 
 log = logging.getLogger("mosto.agent")
 
 TCP_FIN, TCP_RST = 0x01, 0x04
 SETTLE_S = 0.002  # after install, for packets already past the data plane to land
+PROBE_WAIT_MIN_S = 0.02  # for a probed peer's answer (or 4 RTTs, if longer)
+PROBE_POLL_S = 0.001
 
 
 def _out_flow(e: Entry) -> FlowKey:
@@ -159,6 +161,9 @@ class Agent:
             for flow in (pair.from_client, pair.from_server):
                 self._add(Entry.learning(flow))
                 self._learning[flow] = Learning(flow)
+        # A quiet peer may never send again: make each send one segment now.
+        probe_peer(a)
+        probe_peer(b)
         return {"client": pair.from_client.to_json(), "server": pair.from_server.to_json()}
 
     def hold(self, a: socket.socket, b: socket.socket) -> None:
@@ -186,6 +191,25 @@ class Agent:
             return self.target.add(entry)
         except TableFull as exc:
             raise refusal.TableFull(str(exc)) from None
+
+    def _await_tsvals(self, sides) -> None:
+        """Probes the peers whose TSval the data plane has not learned yet (their
+        flows must be registered) and gives the answers a few RTTs to arrive."""
+        missing = [
+            (sock, st)
+            for sock, st, flow in sides
+            if flow in self._learning and self._learned_tsval(flow) is None
+        ]
+        if not missing:
+            return
+        for sock, _ in missing:
+            probe_peer(sock)
+        wait = max(PROBE_WAIT_MIN_S, max(4 * st.info.rtt_us / 1e6 for _, st in missing))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if all(self._learned_tsval(flow) is not None for _, _, flow in sides):
+                return
+            time.sleep(PROBE_POLL_S)
 
     def _learned_tsval(self, flow: FlowKey) -> int | None:
         entry_id = self.target.entry_id(flow)
@@ -215,6 +239,8 @@ class Agent:
                 to_server_hop, to_client_hop = next_hop(s_b.peer[0]), next_hop(s_a.peer[0])
             except NoRoute as exc:
                 raise refusal.NoRoute(str(exc)) from None
+            if s_a.info.timestamps:
+                self._await_tsvals(((a, s_a, pair.from_client), (b, s_b, pair.from_server)))
             with self._lock:
                 for flow in (pair.from_client, pair.from_server):
                     self._require_free(flow)

@@ -42,6 +42,17 @@ class ProxyStats:
             for k, v in changes.items():
                 setattr(self, k, getattr(self, k) + v)
 
+    def to_json(self) -> dict:
+        with self.lock:
+            return {
+                "flows": self.flows,
+                "handed_over": self.handed_over,
+                "refused": dict(self.refused),
+                "relayed_bytes": self.relayed_bytes,
+                "handover_ms": list(self.handover_ms),
+                "offload_ms": list(self.offload_ms),
+            }
+
     def refusal(self, code: str) -> None:
         with self.lock:
             self.refused[code] = self.refused.get(code, 0) + 1

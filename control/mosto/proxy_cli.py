@@ -49,14 +49,7 @@ def _proxy(args: argparse.Namespace) -> int:
 
         def dump() -> None:
             while True:
-                st = proxy.stats
-                with st.lock:
-                    doc = {
-                        "flows": st.flows,
-                        "handed_over": st.handed_over,
-                        "refused": dict(st.refused),
-                        "relayed_bytes": st.relayed_bytes,
-                    }
+                doc = proxy.stats.to_json()
                 with open(args.stats_file + ".tmp", "w") as f:
                     json.dump(doc, f)
                 os.replace(args.stats_file + ".tmp", args.stats_file)

@@ -19,7 +19,7 @@ TCP_REPAIR_QUEUE = 20
 TCP_QUEUE_SEQ = 21
 TCP_TIMESTAMP = 24
 TCP_RECV_QUEUE, TCP_SEND_QUEUE = 1, 2
-TCP_REPAIR_ON, TCP_REPAIR_OFF_NO_WP = 1, -1
+TCP_REPAIR_ON, TCP_REPAIR_OFF, TCP_REPAIR_OFF_NO_WP = 1, 0, -1
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD = 0x541B, 0x5411, 0x894B
 TCP_ESTABLISHED = 1
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
@@ -46,6 +46,7 @@ class TcpInfo:
     rcv_wscale: int  # our shift: how the peer reads our windows
     snd_mss: int
     advmss: int
+    rtt_us: int  # smoothed RTT
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ def ioctl_int(sock: socket.socket, request: int) -> int:
 def tcp_info(sock: socket.socket) -> TcpInfo:
     raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
     state, options, wscales = raw[0], raw[5], raw[6]
-    snd_mss, advmss = struct.unpack_from("=I", raw, 16)[0], struct.unpack_from("=I", raw, 84)[0]
+    (snd_mss,) = struct.unpack_from("=I", raw, 16)
+    (rtt_us,) = struct.unpack_from("=I", raw, 68)
+    (advmss,) = struct.unpack_from("=I", raw, 84)
     return TcpInfo(
         state=state,
         timestamps=bool(options & TCPI_OPT_TIMESTAMPS),
@@ -80,6 +83,7 @@ def tcp_info(sock: socket.socket) -> TcpInfo:
         rcv_wscale=wscales >> 4,
         snd_mss=snd_mss,
         advmss=advmss,
+        rtt_us=rtt_us,
     )
 
 
@@ -121,3 +125,11 @@ def enter_repair(sock: socket.socket) -> None:
 def leave_repair(sock: socket.socket) -> None:
     """Back to normal operation, without the window probe a plain exit sends."""
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+
+
+def probe_peer(sock: socket.socket) -> None:
+    """Makes the peer send us a segment: leaving repair mode the plain way sends
+    a window probe (an old sequence number), which the peer answers with an
+    ACK carrying its current TSval."""
+    enter_repair(sock)
+    sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
