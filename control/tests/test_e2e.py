@@ -8,8 +8,8 @@ import json
 import time
 
 import pytest
-from stack import Stack, wait_for
-from topology import topology
+from stack import BIN, REPO, Stack, wait_for
+from topology import PROXY_C4, topology
 
 pytestmark = pytest.mark.needs_root
 
@@ -121,6 +121,35 @@ def test_handover_with_data_queued_is_refused_and_the_proxy_carries_on(stack):
         )
     assert stats["handed_over"] == 0
     assert stats["refused"] == {"buffers_not_empty": 1}, stats
+
+
+def test_quiet_flows_handed_over_at_once(stack):
+    """Nothing flows after the first bytes: the agent probes the peers for their TSvals."""
+    with stack.proxy(8250, "--handover-after", "0") as proxy:
+        idle = stack.topo.client.popen(
+            [
+                str(BIN / "python"),
+                str(REPO / "tools/traffic.py"),
+                "idle",
+                "--connect",
+                f"{PROXY_C4}:8250",
+                "--count",
+                "5",
+                "--seconds",
+                "3",
+            ]
+        )
+        stats = wait_for(
+            lambda: (
+                _settled(proxy)
+                if proxy.stats["handed_over"] + sum(proxy.stats["refused"].values()) >= 5
+                else None
+            ),
+            10,
+            "5 hand-overs",
+        )
+        idle.wait()
+    assert stats["handed_over"] == 5, stats
 
 
 def test_100_concurrent_flows_handed_over(stack):
