@@ -20,6 +20,8 @@ from topology import PROXY_C4, PROXY_C6, SERVER4, SERVER6, Topology
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
 SERVER_PORT = 9000
+IDLE_TIMEOUT_S = 4.0  # long transfers never idle this long; the idle test does
+METRICS_PORT = 9108
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
@@ -100,6 +102,10 @@ class Stack:
                 "666",
                 "--grace",
                 str(self.grace),
+                "--idle-timeout",
+                str(IDLE_TIMEOUT_S),
+                "--metrics",
+                f"127.0.0.1:{METRICS_PORT}",
             ],
             stderr=log,
         )
@@ -125,6 +131,15 @@ class Stack:
         self.agent.send_signal(signal.SIGKILL)
         self.agent.wait()
         os.unlink(self.topo.agent_socket)
+
+    def metrics(self) -> str:
+        return self.topo.proxy.sh(
+            "python3",
+            "-c",
+            "import urllib.request; print(urllib.request"
+            f".urlopen('http://127.0.0.1:{METRICS_PORT}/metrics').read()"
+            ".decode())",
+        ).stdout
 
     def ctl(self, *args: str) -> str:
         return self.topo.proxy.sh(

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from stack import BIN, REPO, Stack, wait_for
+from stack import BIN, IDLE_TIMEOUT_S, REPO, Stack, wait_for
 from topology import PROXY_C4, topology
 
 pytestmark = pytest.mark.needs_root
@@ -150,6 +150,74 @@ def test_quiet_flows_handed_over_at_once(stack):
         )
         idle.wait()
     assert stats["handed_over"] == 5, stats
+
+
+def test_idle_splice_is_reaped_and_reported(stack):
+    with stack.proxy(8260, "--handover-after", "0") as proxy:
+        idle = stack.topo.client.popen(
+            [
+                str(BIN / "python"),
+                str(REPO / "tools/traffic.py"),
+                "idle",
+                "--connect",
+                f"{PROXY_C4}:8260",
+                "--count",
+                "1",
+                "--seconds",
+                str(IDLE_TIMEOUT_S + 4),
+            ]
+        )
+        wait_for(lambda: proxy.stats["handed_over"] == 1, 10, "the hand-over")
+        start = len(stack.events)
+        spliced = wait_for(
+            lambda: [
+                e
+                for e in stack.events
+                if e["event"] == "spliced" and e["splice"]["client"]["dport"] == 8260
+            ],
+            5,
+            "spliced",
+        )
+        sid = spliced[-1]["splice"]["id"]
+        removed = wait_for(
+            lambda: [
+                e for e in stack.events[start:] if e["event"] == "removed" and e["splice"] == sid
+            ],
+            IDLE_TIMEOUT_S + 3,
+            "idle reaping",
+        )
+        assert removed[0]["reason"] == "idle"
+        idle.kill()
+        idle.wait()
+
+
+def test_different_window_scales_on_the_two_connections(stack):
+    """A client with small buffers negotiates a smaller window scale than the proxy's."""
+    ns = stack.topo.client
+    old = ns.sh("sysctl", "-n", "net.ipv4.tcp_rmem").stdout.split()
+    ns.sh("sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 131072")
+    try:
+        with stack.proxy(8270, "--handover-after", str(MIB)) as proxy:
+            result = stack.fetch(proxy, "64M")
+            _check_spliced_transfer(stack, proxy, result, result["bytes"], upload=False)
+    finally:
+        ns.sh("sysctl", "-qw", f"net.ipv4.tcp_rmem={' '.join(old)}")
+    splice = [
+        e["splice"]
+        for e in stack.events
+        if e["event"] == "spliced" and e["splice"]["client"]["dport"] == 8270
+    ][0]
+    assert splice["entries"][0].get("wscale_shift", 0) < 0, splice["entries"][0]
+
+
+def test_prometheus_metrics(stack):
+    text = stack.metrics()
+    handovers = [
+        line for line in text.splitlines() if line.startswith('mosto_handovers_total{result="ok"}')
+    ]
+    assert handovers and float(handovers[0].split()[-1]) >= 1, text[:2000]
+    assert 'mosto_dataplane_packets_total{outcome="hit_redirect"}' in text
+    assert "mosto_handover_seconds_count" in text
 
 
 def test_100_concurrent_flows_handed_over(stack):
