@@ -193,8 +193,14 @@ class Agent:
             raise refusal.TableFull(str(exc)) from None
 
     def _await_tsvals(self, sides) -> None:
-        """Probes the peers whose TSval the data plane has not learned yet (their
-        flows must be registered) and gives the answers a few RTTs to arrive."""
+        """Probes the peers whose TSval the data plane has not learned yet and
+        gives the answers a few RTTs to arrive. A flow that was never registered,
+        or whose learning entry idled out, gets one now."""
+        with self._lock:
+            for _, _, flow in sides:
+                if flow not in self._learning and self.target.entry_id(flow) is None:
+                    self._add(Entry.learning(flow))
+                    self._learning[flow] = Learning(flow)
         missing = [
             (sock, st)
             for sock, st, flow in sides
