@@ -96,7 +96,14 @@ def serve(listen: tuple[str, int]) -> None:
         threading.Thread(target=_handle, args=(conn,), daemon=True).start()
 
 
-def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float = 0.0) -> dict:
+def fetch(
+    addr: tuple[str, int],
+    size: int,
+    upload: bool,
+    seed: int,
+    pace: float = 0.0,
+    read_pace: float = 0.0,
+) -> dict:
     """pace: the sender sleeps this long after each PACE_BYTES (a slower flow, to hand
     over mid-stream); the server paces downloads, the client uploads."""
     t0 = time.monotonic()
@@ -123,6 +130,9 @@ def fetch(addr: tuple[str, int], size: int, upload: bool, seed: int, pace: float
             if verify:
                 h.update(data)
             got += len(data)
+            if read_pace and got % PACE_BYTES < len(data):
+                time.sleep(read_pace)  # a slow reader: data piles up on the way
+                last = time.monotonic()
         sock.shutdown(socket.SHUT_WR)
         got_digest = h.hexdigest()
     sock.close()
@@ -204,6 +214,12 @@ def main() -> int:
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--pace", type=float, default=0.0, help="sleep per 64 KiB (seconds)")
     f.add_argument(
+        "--read-pace",
+        type=float,
+        default=0.0,
+        help="downloads: the client sleeps per 64 KiB read (a slow reader)",
+    )
+    f.add_argument(
         "--no-verify",
         action="store_true",
         help="zeros, no sha256: measures the path, not the hashing",
@@ -223,7 +239,7 @@ def main() -> int:
     if args.no_verify:
         args.seed = -1
     if args.parallel == 1:
-        result = fetch(args.connect, args.size, args.upload, args.seed, args.pace)
+        result = fetch(args.connect, args.size, args.upload, args.seed, args.pace, args.read_pace)
     else:
         result = fetch_many(args.connect, args.size, args.upload, args.seed, args.parallel)
     print(json.dumps(result))

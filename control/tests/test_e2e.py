@@ -110,16 +110,17 @@ def test_ipv6_transfer_handed_over(stack):
 
 
 def test_handover_with_data_queued_is_refused_and_the_proxy_carries_on(stack):
-    # No hold, no drain: the proxy asks while its sockets still hold data.
+    # No hold, no drain, and a slow reader: the proxy's sockets hold data when it asks.
     with stack.proxy(8200, "--handover-after", str(MIB), "--no-drain", "--attempts", "1") as p:
-        result = stack.fetch(p, "64M")
+        result = stack.fetch(p, "16M", "--read-pace", "0.002")
         assert result["ok"], result
+        stats = wait_for(lambda: _settled(p), 5, "the refusal")
         stats = wait_for(
-            lambda: p.stats if p.stats["relayed_bytes"] >= 64 * MIB else None,
+            lambda: p.stats if p.stats["relayed_bytes"] >= 16 * MIB else None,
             5,
-            "the proxy to relay the whole transfer",
+            f"the proxy to relay the whole transfer: {p.stats}",
         )
-    assert stats["handed_over"] == 0
+    assert stats["handed_over"] == 0, stats
     assert stats["refused"] == {"buffers_not_empty": 1}, stats
 
 
