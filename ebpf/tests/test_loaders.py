@@ -1,0 +1,71 @@
+"""The object loads with the tools operators already use, not only with mosto."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mosto.xdp.target import MAPS, default_object
+
+pytestmark = pytest.mark.needs_root
+
+# Where each loader pins maps declared LIBBPF_PIN_BY_NAME when told nothing else.
+IP_PIN_DIR = "/sys/fs/bpf/xdp/globals"
+BPFTOOL_PIN_DIR = "/sys/fs/bpf"
+
+
+def _remove_pins(directory: str) -> None:
+    for name in MAPS:
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+@pytest.fixture
+def veth():
+    name = f"mld{uuid.uuid4().hex[:5]}"
+    subprocess.run(
+        ["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], check=True
+    )
+    yield name
+    subprocess.run(["ip", "link", "del", name], check=False)
+
+
+def test_iproute2_attaches_the_object(veth):
+    obj = str(default_object())
+    try:
+        r = subprocess.run(
+            ["ip", "link", "set", "dev", veth, "xdp", "obj", obj, "sec", "xdp"],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        shown = subprocess.run(
+            ["ip", "-d", "link", "show", veth], capture_output=True, text=True
+        ).stdout
+        assert "mosto_splice_pr" in shown
+    finally:
+        subprocess.run(["ip", "link", "set", "dev", veth, "xdp", "off"], check=False)
+        _remove_pins(IP_PIN_DIR)
+
+
+def test_bpftool_loads_the_object():
+    pin = f"/sys/fs/bpf/mosto-bpftool-{uuid.uuid4().hex[:6]}"
+    try:
+        r = subprocess.run(
+            ["bpftool", "prog", "load", str(default_object()), pin], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stderr
+        assert Path(pin).exists()
+        assert sorted(
+            os.path.basename(p) for p in glob.glob(f"{BPFTOOL_PIN_DIR}/mosto_*")
+        ) == sorted(MAPS)
+    finally:
+        if os.path.exists(pin):
+            os.unlink(pin)
+        _remove_pins(BPFTOOL_PIN_DIR)
