@@ -149,13 +149,15 @@ def fetch(
     }
 
 
-def hold_open(addr: tuple[str, int], count: int, seconds: float) -> dict:
-    """count quiet connections, kept open for seconds (hand-over benchmarks)."""
+def hold_open(addr: tuple[str, int], count: int, seconds: float, interval: float = 0.0) -> dict:
+    """count quiet connections, one every interval seconds, kept open for seconds
+    (hand-over benchmarks)."""
     socks = []
     for _ in range(count):
         s = socket.create_connection(addr, timeout=30)
         s.sendall(b"0 idle 0 0\n")
         socks.append(s)
+        time.sleep(interval)
     time.sleep(seconds)
     for s in socks:
         s.close()
@@ -229,12 +231,13 @@ def main() -> int:
     h.add_argument("--connect", type=_hostport, required=True)
     h.add_argument("--count", type=int, default=1)
     h.add_argument("--seconds", type=float, default=5.0)
+    h.add_argument("--interval", type=float, default=0.0, help="between two connects (s)")
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.listen)
         return 0
     if args.cmd == "idle":
-        print(json.dumps(hold_open(args.connect, args.count, args.seconds)))
+        print(json.dumps(hold_open(args.connect, args.count, args.seconds, args.interval)))
         return 0
     if args.no_verify:
         args.seed = -1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -24,8 +26,26 @@ class NextHop:
     dmac: str
 
 
+CACHE_TTL_S = 1.0  # routes and neighbours rarely change; a lookup costs ~1 ms
+_cache: dict[Address, tuple[float, NextHop]] = {}
+_cache_lock = threading.Lock()
+
+
 def next_hop(dst: Address) -> NextHop:
-    """The route and neighbour entry the proxy's own traffic to dst uses."""
+    """The route and neighbour entry the proxy's own traffic to dst uses
+    (looked up again once the cached answer is a second old)."""
+    now = time.monotonic()
+    with _cache_lock:
+        hit = _cache.get(dst)
+    if hit and now - hit[0] < CACHE_TTL_S:
+        return hit[1]
+    hop = _lookup(dst)
+    with _cache_lock:
+        _cache[dst] = (now, hop)
+    return hop
+
+
+def _lookup(dst: Address) -> NextHop:
     with IPRoute() as ipr:
         try:
             routes = ipr.route("get", dst=str(dst))
