@@ -8,8 +8,8 @@ import json
 import time
 
 import pytest
-from stack import BIN, IDLE_TIMEOUT_S, REPO, Stack, wait_for
-from topology import PROXY_C4, topology
+from stack import IDLE_TIMEOUT_S, Stack, wait_for
+from topology import topology
 
 pytestmark = pytest.mark.needs_root
 
@@ -31,6 +31,19 @@ def _settled(proxy) -> dict | None:
     """The proxy's stats once its hand-over attempt is over (the file lags a little)."""
     st = proxy.stats
     return st if st["handed_over"] or st["refused"] else None
+
+
+def _attempts(proxy) -> int:
+    st = proxy.stats
+    return st["handed_over"] + sum(st["refused"].values())
+
+
+def _spliced_events(stack: Stack, port: int, start: int = 0) -> list[dict]:
+    return [
+        e
+        for e in stack.events[start:]
+        if e["event"] == "spliced" and e["splice"]["client"]["dport"] == port
+    ]
 
 
 def _proxy_side(splice: dict) -> set[tuple]:
@@ -127,58 +140,18 @@ def test_handover_with_data_queued_is_refused_and_the_proxy_carries_on(stack):
 def test_quiet_flows_handed_over_at_once(stack):
     """Nothing flows after the first bytes: the agent probes the peers for their TSvals."""
     with stack.proxy(8250, "--handover-after", "0") as proxy:
-        idle = stack.topo.client.popen(
-            [
-                str(BIN / "python"),
-                str(REPO / "tools/traffic.py"),
-                "idle",
-                "--connect",
-                f"{PROXY_C4}:8250",
-                "--count",
-                "5",
-                "--seconds",
-                "3",
-            ]
-        )
-        stats = wait_for(
-            lambda: (
-                _settled(proxy)
-                if proxy.stats["handed_over"] + sum(proxy.stats["refused"].values()) >= 5
-                else None
-            ),
-            10,
-            "5 hand-overs",
-        )
+        idle = stack.idle(8250, count=5, seconds=3)
+        stats = wait_for(lambda: _attempts(proxy) >= 5 and _settled(proxy), 10, "5 hand-overs")
         idle.wait()
     assert stats["handed_over"] == 5, stats
 
 
 def test_idle_splice_is_reaped_and_reported(stack):
     with stack.proxy(8260, "--handover-after", "0") as proxy:
-        idle = stack.topo.client.popen(
-            [
-                str(BIN / "python"),
-                str(REPO / "tools/traffic.py"),
-                "idle",
-                "--connect",
-                f"{PROXY_C4}:8260",
-                "--count",
-                "1",
-                "--seconds",
-                str(IDLE_TIMEOUT_S + 4),
-            ]
-        )
-        wait_for(lambda: proxy.stats["handed_over"] == 1, 10, "the hand-over")
         start = len(stack.events)
-        spliced = wait_for(
-            lambda: [
-                e
-                for e in stack.events
-                if e["event"] == "spliced" and e["splice"]["client"]["dport"] == 8260
-            ],
-            5,
-            "spliced",
-        )
+        idle = stack.idle(8260, count=1, seconds=IDLE_TIMEOUT_S + 4)
+        wait_for(lambda: proxy.stats["handed_over"] == 1, 10, "the hand-over")
+        spliced = wait_for(lambda: _spliced_events(stack, 8260, start), 5, "spliced")
         sid = spliced[-1]["splice"]["id"]
         removed = wait_for(
             lambda: [
@@ -203,11 +176,7 @@ def test_different_window_scales_on_the_two_connections(stack):
             _check_spliced_transfer(stack, proxy, result, result["bytes"], upload=False)
     finally:
         ns.sh("sysctl", "-qw", f"net.ipv4.tcp_rmem={' '.join(old)}")
-    splice = [
-        e["splice"]
-        for e in stack.events
-        if e["event"] == "spliced" and e["splice"]["client"]["dport"] == 8270
-    ][0]
+    splice = _spliced_events(stack, 8270)[0]["splice"]
     assert splice["entries"][0].get("wscale_shift", 0) < 0, splice["entries"][0]
 
 
