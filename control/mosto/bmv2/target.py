@@ -110,6 +110,7 @@ class Bmv2Target:
         idle_timeout_ns: int = 0,
     ):
         self.idle_timeout_ns = idle_timeout_ns
+        self._ports: set[int] = set()
         try:
             self.client = P4RuntimeClient(grpc_addr, device_id, election_id)
         except P4RuntimeError as exc:
@@ -126,7 +127,7 @@ class Bmv2Target:
             self._learn_reports: dict[FlowKey, int] = {}
             self.fin_rst_events: deque[SpliceEventRecord] = deque()
             self.idle_events: deque[IdleTimeoutRecord] = deque()
-        except (P4RuntimeError, ValueError) as exc:
+        except (P4RuntimeError, TargetError, ValueError) as exc:
             self.client.close()
             raise TargetError(str(exc)) from None
 
@@ -171,6 +172,8 @@ class Bmv2Target:
 
     def add_port(self, port: int) -> None:
         """Makes port a redirect target (mosto_tx_ports)."""
+        if port in self._ports:
+            return
         table = self.names.tables[enc.TX_PORTS_TABLE]
         te = p4runtime_pb2.TableEntry(table_id=table.id)
         field_id, bitwidth = table.fields["port"]
@@ -181,6 +184,7 @@ class Bmv2Target:
         except P4RuntimeError as exc:
             if exc.code != "ALREADY_EXISTS":
                 raise TargetError(f"cannot use port {port} as egress: {exc}") from None
+        self._ports.add(port)
 
     # -- entries ----------------------------------------------------------
 
