@@ -26,9 +26,7 @@ class Bmv2PtfTarget:
         self._poller = self._poller_cm.__enter__()
 
     def egress(self, port: int) -> int | str:
-        # The port number, written as a string: the entry schema refuses the
-        # integer 0 (no ifindex is 0), but BMv2's port 0 is a port like any other.
-        return str(port)
+        return port
 
     def add(self, entry: Entry) -> None:
         self.sw.add(entry)

@@ -60,7 +60,7 @@ class Entry:
     ack_delta: int
     smac: str
     dmac: str
-    egress: int | str  # an interface name, or a port number / ifindex
+    egress: int | str  # an interface name, or a port number (BMv2) / ifindex (XDP)
     tsval_delta: int | None = None  # both None, or both set
     tsecr_delta: int | None = None
     wscale_shift: int = 0
@@ -195,10 +195,10 @@ def parse_entry(doc: Any, where: str = "entry") -> Entry:
                 "(IPv4/IPv6 translation is not supported)"
             )
     egress = _require(doc, "egress", where)
-    if isinstance(egress, bool) or not isinstance(egress, int | str) or egress in ("", 0):
+    if isinstance(egress, bool) or not isinstance(egress, int | str) or egress == "":
         raise EntryError(f"{where}.egress: expected an interface name or a port number")
     if isinstance(egress, int):
-        _int(egress, f"{where}.egress", 1, U32 - 1)
+        _int(egress, f"{where}.egress", 0, U32 - 1)  # BMv2 has a port 0; no ifindex is 0
     return Entry(
         match=match,
         seq_delta=_delta(_require(doc, "seq_delta", where), f"{where}.seq_delta"),

@@ -52,7 +52,8 @@ def _with(**changes):
         (_with(seq_delta="5"), "expected an integer"),
         (_with(wscale_shift=15), "outside -14..14"),
         (_with(smac="02:00:00"), "MAC address"),
-        (_with(egress=0), "interface name or a port number"),
+        (_with(egress=-1), "outside 0..4294967295"),
+        (_with(egress=""), "interface name or a port number"),
         (_with(egress=True), "interface name or a port number"),
         (
             _with(match={"src": "10.0.0.1", "dst": "fd00::1", "sport": 1, "dport": 2}),

@@ -134,3 +134,16 @@ def test_entry_ids_are_reused_and_stats_restart():
         t.delete(a.match)
         assert t.add(b) == 1 and t.add(a) == 0
         assert t.stats(0).packets == 0
+
+
+def test_egress_zero_is_a_bmv2_port_but_no_interface():
+    doc = {
+        "match": {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 1, "dport": 2},
+        "seq_delta": 0,
+        "ack_delta": 0,
+        "smac": "02:00:00:00:00:11",
+        "dmac": "02:00:00:00:00:02",
+        "egress": 0,
+    }
+    with XdpTarget(pin_dir=None) as t, pytest.raises(TargetError, match="not an interface"):
+        t.add(parse_entry(doc))

@@ -41,6 +41,8 @@ def default_object() -> Path:
 
 def ifindex_of(egress: int | str) -> int:
     if isinstance(egress, int):
+        if egress <= 0:
+            raise TargetError(f"egress {egress} is not an interface index")
         return egress
     try:
         return socket.if_nametoindex(egress)
