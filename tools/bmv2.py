@@ -78,9 +78,11 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def switch(ns: Namespace, ifnames: list[str]) -> Iterator[dict[str, str]]:
+def switch(ns: Namespace, ifnames: list[str],
+           grpc_host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
     """simple_switch_grpc on ifnames (port N = ifnames[N]), no program loaded:
-    the PTF target pushes the pipeline over P4Runtime."""
+    the PTF target pushes the pipeline over P4Runtime. grpc_host: where its
+    P4Runtime server listens (an address of ns)."""
     p4info, bmv2_json = compile_p4()
     log = OUT / "simple_switch.log"
     level = os.environ.get("MOSTO_BMV2_LOG", "warn")
@@ -88,7 +90,7 @@ def switch(ns: Namespace, ifnames: list[str]) -> Iterator[dict[str, str]]:
     cmd += ["--device-id", str(DEVICE_ID), "--log-console", "--log-level", level]
     for port, ifname in enumerate(ifnames):
         cmd += ["-i", f"{port}@{ifname}"]
-    cmd += ["--", "--grpc-server-addr", f"127.0.0.1:{GRPC_PORT}"]
+    cmd += ["--", "--grpc-server-addr", f"{grpc_host}:{GRPC_PORT}"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -100,7 +102,7 @@ def switch(ns: Namespace, ifnames: list[str]) -> Iterator[dict[str, str]]:
                 raise Bmv2Error(f"simple_switch_grpc not listening after {START_TIMEOUT_S:.0f}s")
             time.sleep(0.1)
         yield {
-            "grpc_addr": f"127.0.0.1:{GRPC_PORT}",
+            "grpc_addr": f"{grpc_host}:{GRPC_PORT}",
             "device_id": str(DEVICE_ID),
             "p4info": str(p4info),
             "bmv2_json": str(bmv2_json),

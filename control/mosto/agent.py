@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mosto import refusal
@@ -22,8 +22,8 @@ from mosto.entry import Entry, FlowKey
 from mosto.handover import build_entries, check_options, check_quiet, moved, pair_of
 from mosto.hold import Holds
 from mosto.netinfo import NoRoute, next_hop
+from mosto.target_errors import TableFull
 from mosto.tcpstate import TcpState, enter_repair, leave_repair, probe_peer, read_state
-from mosto.xdp.target import TableFull
 
 log = logging.getLogger("mosto.agent")
 
@@ -71,9 +71,17 @@ class Learning:
 
 class Agent:
     def __init__(
-        self, target, holds: Holds | None = None, idle_timeout: float = 300.0, grace: float = 2.0
+        self,
+        target,
+        holds: Holds | None = None,
+        idle_timeout: float = 300.0,
+        grace: float = 2.0,
+        port_map: dict[str, int] | None = None,
     ):
+        """port_map: a switch target's port for each host interface a peer is
+        reached through; without it, entries leave by that interface (XDP)."""
         self.target = target
+        self.port_map = port_map
         self.holds = holds
         self.idle_timeout = idle_timeout
         self.grace = grace
@@ -266,7 +274,10 @@ class Agent:
         try:
             r_a, r_b = read_state(a, repair=True), read_state(b, repair=True)
             check_quiet(r_a, r_b)
-            cs, sc = build_entries(r_a, r_b, to_server_hop, to_client_hop, *tsvals)
+            cs, sc = (
+                self._on_port(e)
+                for e in build_entries(r_a, r_b, to_server_hop, to_client_hop, *tsvals)
+            )
             splice_id = self._add(cs)
             installed.append(cs.match)
             self._add(sc)
@@ -294,6 +305,16 @@ class Agent:
         self._splices[splice_id] = splice
         log.info("splice %d: %s <-> %s", splice_id, cs.match, _out_flow(cs))
         return splice
+
+    def _on_port(self, entry: Entry) -> Entry:
+        if self.port_map is None:
+            return entry
+        if entry.egress not in self.port_map:
+            raise refusal.NoRoute(
+                f"interface {entry.egress} has no data-plane port "
+                f"(agent option --port {entry.egress}=N)"
+            )
+        return replace(entry, egress=self.port_map[entry.egress])
 
     def release(self, splice_id: int, reason: str = "released") -> dict[str, Any]:
         with self._lock:

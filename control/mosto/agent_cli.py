@@ -18,17 +18,14 @@ def _agent(args: argparse.Namespace) -> int:
     from mosto.hold import HoldError, Holds
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.target != "xdp":
-        raise CliError(f"target {args.target!r} is not available in this build")
     try:
-        target = XdpTarget(pin_dir=args.pin_dir)
-        for ifname in args.interfaces:
-            mode = target.attach(ifname, args.mode)
-            logging.info("XDP attached to %s (%s)", ifname, mode)
+        target, port_map = _open_target(args)
         holds = None if args.no_hold else Holds()
     except (TargetError, HoldError) as exc:
         raise CliError(str(exc)) from None
-    agent = Agent(target, holds, idle_timeout=args.idle_timeout, grace=args.grace)
+    agent = Agent(
+        target, holds, idle_timeout=args.idle_timeout, grace=args.grace, port_map=port_map
+    )
     server = AgentServer(agent, args.socket, int(args.socket_mode, 8), args.owner, args.group)
     if args.metrics:
         from prometheus_client import REGISTRY, start_http_server
@@ -45,6 +42,43 @@ def _agent(args: argparse.Namespace) -> int:
     # Entries and XDP stay: spliced flows outlive the agent; a new one picks them up.
     logging.info("stopped; entries stay in the data plane")
     return 0
+
+
+def _open_target(args: argparse.Namespace):
+    """The data plane, and (for a switch) the port of each host interface."""
+    if args.target == "xdp":
+        if args.port:
+            raise CliError("--port is for --target bmv2")
+        target = XdpTarget(pin_dir=args.pin_dir)
+        for ifname in args.interfaces:
+            mode = target.attach(ifname, args.mode)
+            logging.info("XDP attached to %s (%s)", ifname, mode)
+        return target, None
+    from mosto.bmv2.target import Bmv2Target
+
+    if args.interfaces:
+        raise CliError("interfaces to attach to are for --target xdp; use --port IFACE=N")
+    if not args.port:
+        raise CliError(
+            "--target bmv2 needs --port IFACE=N for each interface peers are reached through"
+        )
+    ports = {}
+    for item in args.port:
+        ifname, sep, port = item.partition("=")
+        if not sep or not port.isdigit():
+            raise CliError(f"--port expects IFACE=N, got {item!r}")
+        ports[ifname] = int(port)
+    if (args.p4info is None) != (args.bmv2_json is None):
+        raise CliError("--p4info and --bmv2-json go together (to push the pipeline)")
+    target = Bmv2Target(
+        args.grpc_addr,
+        args.device_id,
+        args.p4info,
+        args.bmv2_json,
+        idle_timeout_ns=int(args.idle_timeout * 1e9),
+    )
+    logging.info("BMv2 at %s, device %d; ports %s", args.grpc_addr, args.device_id, ports)
+    return target, ports
 
 
 def _client(args: argparse.Namespace):
@@ -116,9 +150,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "interfaces", nargs="*", metavar="IFACE", help="attach XDP to these interfaces first"
     )
-    p.add_argument("--target", choices=["xdp"], default="xdp")
+    p.add_argument("--target", choices=["xdp", "bmv2"], default="xdp")
     p.add_argument("--mode", choices=["native", "generic", "auto"], default="auto")
     p.add_argument("--pin-dir", default=DEFAULT_PIN_DIR)
+    bm = p.add_argument_group("--target bmv2")
+    bm.add_argument("--grpc-addr", default="127.0.0.1:9559", help="P4Runtime server")
+    bm.add_argument("--device-id", type=int, default=0)
+    bm.add_argument("--p4info", help="push this pipeline first (with --bmv2-json)")
+    bm.add_argument("--bmv2-json", help="the compiled program (build/bmv2/mosto.json)")
+    bm.add_argument(
+        "--port",
+        action="append",
+        default=[],
+        metavar="IFACE=N",
+        help="the switch port facing the peers this host reaches through IFACE",
+    )
     p.add_argument("--socket-mode", default="660", help="octal mode of the socket (660)")
     p.add_argument("--owner", help="user owning the socket")
     p.add_argument("--group", help="group owning the socket (proxies in it may offload)")

@@ -55,7 +55,7 @@ def decode_uint(data: bytes) -> int:
     return int.from_bytes(data, "big")
 
 
-def _mac_int(mac: str) -> int:
+def mac_int(mac: str) -> int:
     return int(mac.replace(":", ""), 16)
 
 
@@ -175,8 +175,8 @@ def action_values(entry: Entry) -> dict[str, int]:
         "new_dst_addr": _addr_int(rw.dst) if rw else 0,
         "new_src_port": rw.sport if rw else 0,
         "new_dst_port": rw.dport if rw else 0,
-        "smac": _mac_int(entry.smac),
-        "dmac": _mac_int(entry.dmac),
+        "smac": mac_int(entry.smac),
+        "dmac": mac_int(entry.dmac),
         "egress_port": egress_port(entry.egress),
     }
 

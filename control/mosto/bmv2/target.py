@@ -9,7 +9,9 @@ second client (the CLI next to the agent) sees the same ids.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -21,18 +23,14 @@ from p4.v1 import p4runtime_pb2
 from mosto.bmv2 import encoding as enc
 from mosto.bmv2.p4runtime import P4RuntimeClient, P4RuntimeError, update
 from mosto.entry import Entry, EntryError, FlowKey
+from mosto.target_errors import TableFull, TargetError
+
+L2_TABLE = "MostoIngress.l2_forward"
+L2_ACTION = "MostoIngress.forward"
 
 DEFAULT_GRPC_ADDR = "127.0.0.1:9559"
 MAX_ENTRIES = 65536  # size of mosto_splice in p4src/include/splice.p4
 POLL_INTERVAL_S = 0.005
-
-
-class TargetError(Exception):
-    """An operation on the target failed; the message says why, in one line."""
-
-
-class TableFull(TargetError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -91,6 +89,18 @@ class EventPoller:
             time.sleep(min(left, POLL_INTERVAL_S))
 
 
+def _serialised(method):
+    """One caller at a time: the agent calls from request, event and reaper
+    threads, and a P4Runtime stream and its digest bookkeeping take no two."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Bmv2Target:
     """A connection to simple_switch_grpc as its primary controller.
 
@@ -110,6 +120,7 @@ class Bmv2Target:
         idle_timeout_ns: int = 0,
     ):
         self.idle_timeout_ns = idle_timeout_ns
+        self._lock = threading.RLock()
         self._ports: set[int] = set()
         try:
             self.client = P4RuntimeClient(grpc_addr, device_id, election_id)
@@ -170,6 +181,7 @@ class Bmv2Target:
 
     # -- ports ------------------------------------------------------------
 
+    @_serialised
     def add_port(self, port: int) -> None:
         """Makes port a redirect target (mosto_tx_ports)."""
         if port in self._ports:
@@ -185,6 +197,23 @@ class Bmv2Target:
             if exc.code != "ALREADY_EXISTS":
                 raise TargetError(f"cannot use port {port} as egress: {exc}") from None
         self._ports.add(port)
+
+    @_serialised
+    def add_l2(self, mac: str, port: int) -> None:
+        """A plain forwarding entry: frames to mac that are not spliced leave by port
+        (without one they go to the host port)."""
+        table = self.names.tables[L2_TABLE]
+        te = p4runtime_pb2.TableEntry(table_id=table.id)
+        field_id, bitwidth = table.fields["dst_addr"]
+        te.match.add(field_id=field_id).exact.value = enc.encode_uint(enc.mac_int(mac), bitwidth)
+        action = self.names.actions[L2_ACTION]
+        te.action.action.action_id = action.id
+        param_id, bitwidth = action.params["port"]
+        te.action.action.params.add(param_id=param_id, value=enc.encode_uint(port, bitwidth))
+        try:
+            self.client.write([update("INSERT", table_entry=te)])
+        except P4RuntimeError as exc:
+            raise TargetError(f"cannot forward {mac} to port {port}: {exc}") from None
 
     # -- entries ----------------------------------------------------------
 
@@ -206,6 +235,7 @@ class Bmv2Target:
                 return candidate
         raise TableFull(f"table full ({MAX_ENTRIES} entries)")
 
+    @_serialised
     def add(self, entry: Entry) -> int:
         """Installs or replaces one entry; returns its id. Stats restart at 0."""
         if not entry.learn:
@@ -233,6 +263,7 @@ class Bmv2Target:
         self._learn_reports.pop(entry.match, None)
         return entry_id
 
+    @_serialised
     def delete(self, match: FlowKey) -> bool:
         try:
             self.client.write([update("DELETE", table_entry=enc.match_key(self.names, match))])
@@ -246,12 +277,14 @@ class Bmv2Target:
         self._learn_reports.pop(match, None)
         return True
 
+    @_serialised
     def entries(self) -> list[tuple[int, Entry]]:
         return sorted(
             (enc.decode_entry(self.names, te) for te in self._splice_rows()),
             key=lambda pair: pair[0],
         )
 
+    @_serialised
     def entry_id(self, match: FlowKey) -> int | None:
         """The id of match's entry (as this client knows it), or None."""
         return self._ids.get(match)
@@ -266,6 +299,7 @@ class Bmv2Target:
 
     # -- counters ---------------------------------------------------------
 
+    @_serialised
     def stats(self, entry: int | FlowKey) -> EntryStats:
         """Packets and bytes (frames as received) of one entry, by id or match."""
         match = self._match_of(entry)
@@ -283,12 +317,14 @@ class Bmv2Target:
         self.pump()
         return EntryStats(data.packet_count, data.byte_count, last_seen, self._learned.get(match))
 
+    @_serialised
     def learn_reports(self, match: FlowKey) -> int:
         """How many frames of match's learning entry have been reported so far
         (at most its packet count; fewer while digests are on their way)."""
         self.pump()
         return self._learn_reports.get(match, 0)
 
+    @_serialised
     def counters(self) -> dict[str, int]:
         counter_id = self.names.counters[enc.COUNTERS]
         out = dict.fromkeys(enc.COUNTER_NAMES, 0)
@@ -298,6 +334,7 @@ class Bmv2Target:
                 out[enc.COUNTER_NAMES[ce.index.index]] = ce.data.packet_count
         return out
 
+    @_serialised
     def reset_counters(self) -> None:
         counter_id = self.names.counters[enc.COUNTERS]
         self._write(
@@ -316,6 +353,7 @@ class Bmv2Target:
 
     # -- events -----------------------------------------------------------
 
+    @_serialised
     def pump(self) -> None:
         """Takes in what the switch has sent on the stream: learned TSvals
         are recorded, events queued for events()."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mosto.entry import Entry, FlowKey
+from mosto.target_errors import TableFull, TargetError
 from mosto.xdp import abi, libbpf
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/mosto"
@@ -21,14 +22,6 @@ MODES = {
     "native": libbpf.XDP_FLAGS_DRV_MODE,
     "generic": libbpf.XDP_FLAGS_SKB_MODE,
 }
-
-
-class TargetError(Exception):
-    """An operation on the target failed; the message says why, in one line."""
-
-
-class TableFull(TargetError):
-    pass
 
 
 def default_object() -> Path:
