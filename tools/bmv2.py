@@ -78,8 +78,9 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def switch(ns: Namespace, ifnames: list[str],
-           grpc_host: str = "127.0.0.1") -> Iterator[dict[str, str]]:
+def switch(
+    ns: Namespace, ifnames: list[str], grpc_host: str = "127.0.0.1"
+) -> Iterator[dict[str, str]]:
     """simple_switch_grpc on ifnames (port N = ifnames[N]), no program loaded:
     the PTF target pushes the pipeline over P4Runtime. grpc_host: where its
     P4Runtime server listens (an address of ns)."""
