@@ -58,7 +58,7 @@ def _p4info():
     a = info.actions.add()
     a.preamble.id, a.preamble.name = 202, enc.LEARN_ACTION
     c = info.counters.add()
-    c.preamble.id, c.preamble.name = 301, enc.COUNTERS
+    c.preamble.id, c.preamble.name = 301, enc.COUNTER_ARRAY
     c = info.direct_counters.add()
     c.preamble.id, c.preamble.name = 302, enc.SPLICE_STATS
     d = info.digests.add()
@@ -202,14 +202,14 @@ def test_wrong_program_is_refused():
 
 
 def test_counter_indices_match_the_p4_program_and_the_xdp_abi():
-    from mosto.xdp.abi import COUNTERS
+    from mosto.counters import COUNTERS
 
     text = (REPO / "p4src" / "include" / "headers.p4").read_text()
     p4 = {
         int(idx): name.lower()
         for name, idx in re.findall(r"const mosto_counter_t CNT_(\w+) = (\d+);", text)
     }
-    assert [p4[i] for i in sorted(p4)] == list(enc.COUNTER_NAMES) == list(COUNTERS)
+    assert [p4[i] for i in sorted(p4)] == list(COUNTERS)
 
 
 @pytest.mark.skipif(not COMPILED_P4INFO.exists(), reason="no compiled P4Info (make bmv2-test)")

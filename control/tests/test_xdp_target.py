@@ -101,17 +101,20 @@ def test_cli_errors_are_one_line(pin_dir):
     assert r.returncode == 2 and "no entries given" in r.stderr
 
 
-def test_unknown_egress_interface_is_refused():
-    doc = {
+def _to(egress: int | str) -> dict:
+    return {
         "match": {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 1, "dport": 2},
         "seq_delta": 0,
         "ack_delta": 0,
         "smac": "02:00:00:00:00:11",
         "dmac": "02:00:00:00:00:02",
-        "egress": "no-such-if0",
+        "egress": egress,
     }
+
+
+def test_unknown_egress_interface_is_refused():
     with XdpTarget(pin_dir=None) as t, pytest.raises(TargetError, match="no interface"):
-        t.add(parse_entry(doc))
+        t.add(parse_entry(_to("no-such-if0")))
 
 
 def test_entry_ids_are_reused_and_stats_restart():
@@ -137,13 +140,5 @@ def test_entry_ids_are_reused_and_stats_restart():
 
 
 def test_egress_zero_is_a_bmv2_port_but_no_interface():
-    doc = {
-        "match": {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 1, "dport": 2},
-        "seq_delta": 0,
-        "ack_delta": 0,
-        "smac": "02:00:00:00:00:11",
-        "dmac": "02:00:00:00:00:02",
-        "egress": 0,
-    }
     with XdpTarget(pin_dir=None) as t, pytest.raises(TargetError, match="not an interface"):
-        t.add(parse_entry(doc))
+        t.add(parse_entry(_to(0)))

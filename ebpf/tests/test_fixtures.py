@@ -10,10 +10,10 @@ import pytest
 from scapy.layers.inet import TCP
 
 from corpus import CASES, Case, install_docs
+from mosto.counters import COUNTERS
 from mosto.entry import parse_entry
 from mosto.model import Verdict, splice
 from mosto.pktdiff import explain_mismatch
-from mosto.xdp.abi import COUNTERS
 
 XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 1, 2, 3, 4
 

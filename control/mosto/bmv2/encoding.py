@@ -19,29 +19,13 @@ SPLICE_ACTION = "MostoIngress.splice.splice"
 LEARN_ACTION = "MostoIngress.splice.learn"
 SPLICE_STATS = "MostoIngress.splice.mosto_stats"
 TX_PORTS_TABLE = "MostoIngress.splice.mosto_tx_ports"
-COUNTERS = "MostoIngress.mosto_counters"
+COUNTER_ARRAY = "MostoIngress.mosto_counters"
 EVENT_DIGEST = "splice_event_t"
 
 TCP_FIN, TCP_RST = 0x01, 0x04
 FAMILY = {4: 4, 6: 6}  # the key's family field is the IP version
 PORT_BITS = 9  # v1model port numbers
 DROP_PORT = (1 << PORT_BITS) - 1  # BMv2's drop port: not a port an entry can name
-
-# enum mosto_counter (ebpf/splice_abi.h), in order; p4src/include/headers.p4 has the same indices
-COUNTER_NAMES = (
-    "hit_tx",
-    "hit_redirect",
-    "pass_miss",
-    "pass_not_ip",
-    "pass_not_tcp",
-    "pass_truncated",
-    "pass_bad_ip",
-    "pass_fragment",
-    "drop_bad_tcp",
-    "drop_no_egress",
-    "event_lost",
-    "pass_learn",
-)
 
 
 def encode_uint(value: int, bitwidth: int) -> bytes:
@@ -110,7 +94,7 @@ class P4Names:
                 (TX_PORTS_TABLE, self.tables),
                 (SPLICE_ACTION, self.actions),
                 (LEARN_ACTION, self.actions),
-                (COUNTERS, self.counters),
+                (COUNTER_ARRAY, self.counters),
                 (SPLICE_STATS, self.direct_counters),
                 (EVENT_DIGEST, self.digests),
             )

@@ -22,6 +22,7 @@ from p4.v1 import p4runtime_pb2
 
 from mosto.bmv2 import encoding as enc
 from mosto.bmv2.p4runtime import P4RuntimeClient, P4RuntimeError, update
+from mosto.counters import COUNTERS
 from mosto.entry import Entry, EntryError, FlowKey
 from mosto.target_errors import TableFull, TargetError
 
@@ -326,17 +327,17 @@ class Bmv2Target:
 
     @_serialised
     def counters(self) -> dict[str, int]:
-        counter_id = self.names.counters[enc.COUNTERS]
-        out = dict.fromkeys(enc.COUNTER_NAMES, 0)
+        counter_id = self.names.counters[enc.COUNTER_ARRAY]
+        out = dict.fromkeys(COUNTERS, 0)
         for row in self._read(counter_entry=p4runtime_pb2.CounterEntry(counter_id=counter_id)):
             ce = row.counter_entry
-            if ce.index.index < len(enc.COUNTER_NAMES):
-                out[enc.COUNTER_NAMES[ce.index.index]] = ce.data.packet_count
+            if ce.index.index < len(COUNTERS):
+                out[COUNTERS[ce.index.index]] = ce.data.packet_count
         return out
 
     @_serialised
     def reset_counters(self) -> None:
-        counter_id = self.names.counters[enc.COUNTERS]
+        counter_id = self.names.counters[enc.COUNTER_ARRAY]
         self._write(
             *(
                 update(
@@ -347,7 +348,7 @@ class Bmv2Target:
                         data=p4runtime_pb2.CounterData(packet_count=0),
                     ),
                 )
-                for i in range(len(enc.COUNTER_NAMES))
+                for i in range(len(COUNTERS))
             )
         )
 

@@ -13,21 +13,6 @@ SPLICE_F_TS = 1 << 0
 SPLICE_F_NAT = 1 << 1
 SPLICE_F_LEARN = 1 << 2
 
-# enum mosto_counter, in order
-COUNTERS = (
-    "hit_tx",
-    "hit_redirect",
-    "pass_miss",
-    "pass_not_ip",
-    "pass_not_tcp",
-    "pass_truncated",
-    "pass_bad_ip",
-    "pass_fragment",
-    "drop_bad_tcp",
-    "drop_no_egress",
-    "event_lost",
-    "pass_learn",
-)
 
 _u32x4 = ctypes.c_uint32 * 4
 _u8x6 = ctypes.c_uint8 * 6

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mosto.counters import COUNTERS
 from mosto.entry import Entry, FlowKey
 from mosto.target_errors import TableFull, TargetError
 from mosto.xdp import abi, libbpf
@@ -238,7 +239,7 @@ class XdpTarget:
 
     def counters(self) -> dict[str, int]:
         out = {}
-        for i, name in enumerate(abi.COUNTERS):
+        for i, name in enumerate(COUNTERS):
             per_cpu = (ctypes.c_uint64 * self._ncpus)()
             libbpf.map_lookup(self._fds["mosto_counters"], ctypes.c_uint32(i), per_cpu)
             out[name] = sum(per_cpu)
@@ -246,7 +247,7 @@ class XdpTarget:
 
     def reset_counters(self) -> None:
         zeros = (ctypes.c_uint64 * self._ncpus)()
-        for i in range(len(abi.COUNTERS)):
+        for i in range(len(COUNTERS)):
             libbpf.map_update(self._fds["mosto_counters"], ctypes.c_uint32(i), zeros)
 
     # -- events -----------------------------------------------------------
