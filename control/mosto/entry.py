@@ -93,10 +93,6 @@ class Entry:
         doc.update(smac=self.smac, dmac=self.dmac, egress=self.egress)
         return doc
 
-    @classmethod
-    def from_json(cls, doc: Any) -> Entry:
-        return parse_entry(doc)
-
 
 def _hostport(addr: Address, port: int) -> str:
     return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
