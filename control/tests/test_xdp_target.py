@@ -142,3 +142,13 @@ def test_entry_ids_are_reused_and_stats_restart():
 def test_egress_zero_is_a_bmv2_port_but_no_interface():
     with XdpTarget(pin_dir=None) as t, pytest.raises(TargetError, match="not an interface"):
         t.add(parse_entry(_to(0)))
+
+
+def test_cli_attaches_in_generic_mode_too(veth, pin_dir):
+    r = mosto("xdp", "attach", veth, "--mode", "generic", "--pin-dir", pin_dir)
+    assert r.returncode == 0 and f"attached to {veth} (generic)" in r.stdout, r.stderr
+    ifindex = socket.if_nametoindex(veth)
+    assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_SKB_MODE) != 0
+    r = mosto("xdp", "detach", veth)
+    assert "detached from" in r.stdout and "(generic)" in r.stdout
+    assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_SKB_MODE) == 0
