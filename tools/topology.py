@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import Namespace, create, remove, veth  # noqa: E402
+from netns import Namespace, create, in_ns, remove, veth  # noqa: E402
 
 CLIENT4, PROXY_C4, PROXY_S4, SERVER4 = "10.1.0.1", "10.1.0.2", "10.2.0.2", "10.2.0.1"
 CLIENT6, PROXY_C6, PROXY_S6, SERVER6 = "fd01::1", "fd01::2", "fd02::2", "fd02::1"
@@ -90,6 +90,37 @@ def up(name: str) -> Topology:
         down(name)
         raise
     return topo
+
+
+TPROXY_MARK, TPROXY_TABLE = 1, 100
+
+
+@contextlib.contextmanager
+def tproxy(topo: Topology, dport: int, to_port: int) -> Iterator[None]:
+    """In the proxy: TCP from the client side to dport goes to the local socket on
+    to_port (a transparent proxy), and what comes back to a transparent socket is
+    delivered locally. Removed on exit."""
+    rules = "\n".join(
+        [
+            "table ip mosto_tproxy {",
+            " chain prerouting {",
+            "  type filter hook prerouting priority mangle; policy accept;",
+            f"  meta l4proto tcp socket transparent 1 meta mark set {TPROXY_MARK} accept",
+            f'  iifname "pc" tcp dport {dport} meta mark set {TPROXY_MARK} tproxy to :{to_port}',
+            " }",
+            "}",
+        ]
+    )
+    ns = topo.proxy
+    subprocess.run(in_ns(ns.name, ["nft", "-f", "-"]), input=rules, text=True, check=True)
+    ns.sh("ip", "rule", "add", "fwmark", str(TPROXY_MARK), "lookup", str(TPROXY_TABLE))
+    ns.sh("ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", str(TPROXY_TABLE))
+    try:
+        yield
+    finally:
+        ns.sh("ip", "route", "flush", "table", str(TPROXY_TABLE), check=False)
+        ns.sh("ip", "rule", "del", "fwmark", str(TPROXY_MARK), check=False)
+        ns.sh("nft", "delete", "table", "ip", "mosto_tproxy", check=False)
 
 
 def down(name: str) -> None:

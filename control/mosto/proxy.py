@@ -1,5 +1,8 @@
 """A small reference proxy that hands its flows over to the agent.
 
+It connects each client to a fixed upstream, or, transparent (TPROXY), to the
+address the client asked for, from the client's own address and port.
+
 Each accepted connection gets a thread: connect upstream, register the pair
 with the agent, relay; once `handover_after` bytes went through, hold the
 senders, drain, and offload. A refused hand-over is retried a few times and
@@ -177,7 +180,7 @@ class Proxy:
     def __init__(
         self,
         listen: tuple[str, int],
-        upstream: tuple[str, int],
+        upstream: tuple[str, int] | None,
         agent_path: str | None,
         handover_after: int | None = None,
         attempts: int = 5,
@@ -192,6 +195,8 @@ class Proxy:
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if upstream is None:  # transparent: TPROXY delivers connections to any address
+            self.listener.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
         self.listener.bind(listen)
         self.listener.listen(1024)
 
@@ -200,12 +205,26 @@ class Proxy:
             a, _ = self.listener.accept()
             threading.Thread(target=self._flow, args=(a,), daemon=True).start()
 
+    def _connect_upstream(self, a: socket.socket) -> socket.socket:
+        if self.upstream is not None:
+            return socket.create_connection(self.upstream)
+        # Transparent: the same four-tuple on both sides, as if there were no proxy.
+        b = socket.socket(a.family, socket.SOCK_STREAM)
+        try:
+            b.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
+            b.bind(a.getpeername())
+            b.connect(a.getsockname())
+        except OSError:
+            b.close()
+            raise
+        return b
+
     def _flow(self, a: socket.socket) -> None:
         self.stats.add(flows=1)
         try:
-            b = socket.create_connection(self.upstream)
+            b = self._connect_upstream(a)
         except OSError as exc:
-            log.warning("upstream %s: %s", self.upstream, exc)
+            log.warning("upstream %s: %s", self.upstream or a.getsockname(), exc)
             a.close()
             return
         for s in (a, b):

@@ -56,7 +56,11 @@ def _proxy(args: argparse.Namespace) -> int:
                 time.sleep(0.2)
 
         threading.Thread(target=dump, daemon=True).start()
-    logging.info("proxying %s:%d -> %s:%d", *args.listen, *args.upstream)
+    logging.info(
+        "proxying %s:%d -> %s",
+        *args.listen,
+        "{}:{}".format(*args.upstream) if args.upstream else "(transparent)",
+    )
     proxy.serve_forever()
     return 0
 
@@ -64,7 +68,14 @@ def _proxy(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("proxy", help="run the reference proxy (hands flows over to the agent)")
     p.add_argument("--listen", type=_hostport, required=True, metavar="HOST:PORT")
-    p.add_argument("--upstream", type=_hostport, required=True, metavar="HOST:PORT")
+    up = p.add_mutually_exclusive_group(required=True)
+    up.add_argument("--upstream", type=_hostport, metavar="HOST:PORT")
+    up.add_argument(
+        "--transparent",
+        action="store_true",
+        help="TPROXY: connect to where the client connected, as the client "
+        "(needs CAP_NET_ADMIN and a tproxy rule)",
+    )
     p.add_argument(
         "--agent",
         default=protocol.DEFAULT_SOCKET,

@@ -115,8 +115,15 @@ class Stack:
 
     @contextlib.contextmanager
     def proxy(
-        self, port: int, *args: str, v6: bool = False, uid: int | None = None
+        self,
+        port: int,
+        *args: str,
+        v6: bool = False,
+        uid: int | None = None,
+        transparent: bool = False,
     ) -> Iterator[ProxyProc]:
+        """A reference proxy on port; transparent: it takes the clients' connections
+        to the server (TPROXY) and connects as the client."""
         stats = self.tmp / f"proxy-{port}.json"
         listen = f"[::]:{port}" if v6 else f"0.0.0.0:{port}"
         upstream = f"[{SERVER6}]:{SERVER_PORT}" if v6 else f"{SERVER4}:{SERVER_PORT}"
@@ -124,8 +131,7 @@ class Stack:
             "proxy",
             "--listen",
             listen,
-            "--upstream",
-            upstream,
+            *(["--transparent"] if transparent else ["--upstream", upstream]),
             "--agent",
             self.topo.agent_socket,
             "--stats-file",
@@ -149,11 +155,15 @@ class Stack:
             p.terminate()
             p.wait()
 
-    def fetch(self, proxy: ProxyProc, size: str, *args: str) -> dict:
-        host = f"[{PROXY_C6}]" if proxy.v6 else PROXY_C4
+    def fetch(self, proxy: ProxyProc | None, size: str, *args: str) -> dict:
+        """A transfer through proxy; None: to the server itself (a transparent proxy
+        may intercept it)."""
+        if proxy is None:
+            to = f"{SERVER4}:{SERVER_PORT}"
+        else:
+            to = f"[{PROXY_C6}]:{proxy.port}" if proxy.v6 else f"{PROXY_C4}:{proxy.port}"
         out = self.topo.client.sh(
-            *traffic("fetch", "--connect", f"{host}:{proxy.port}", "--size", size, *args),
-            check=False,
+            *traffic("fetch", "--connect", to, "--size", size, *args), check=False
         )
         assert out.stdout, out.stderr
         return json.loads(out.stdout)

@@ -8,8 +8,8 @@ import json
 import time
 
 import pytest
-from stack import IDLE_TIMEOUT_S, Stack, wait_for
-from topology import topology
+from stack import IDLE_TIMEOUT_S, SERVER_PORT, Stack, wait_for
+from topology import topology, tproxy
 
 pytestmark = pytest.mark.needs_root
 
@@ -62,7 +62,10 @@ def _proxy_side(splice: dict) -> set[tuple]:
     }
 
 
-def _check_spliced_transfer(stack: Stack, proxy, result: dict, size: int, upload: bool):
+def _check_spliced_transfer(
+    stack: Stack, proxy, result: dict, size: int, upload: bool, port: int | None = None
+):
+    """port: the port the client connected to (the proxy's, unless transparent)."""
     assert result["ok"], result
     stats = wait_for(lambda: _settled(proxy), 5, "the proxy's hand-over attempt")
     assert stats["handed_over"] == 1, stats
@@ -70,7 +73,7 @@ def _check_spliced_transfer(stack: Stack, proxy, result: dict, size: int, upload
     spliced = [
         i
         for i, e in enumerate(stack.events)
-        if e["event"] == "spliced" and e["splice"]["client"]["dport"] == proxy.port
+        if e["event"] == "spliced" and e["splice"]["client"]["dport"] == (port or proxy.port)
     ]
     assert len(spliced) == 1
     splice = stack.events[spliced[0]]["splice"]
@@ -120,6 +123,22 @@ def test_ipv6_transfer_handed_over(stack):
         result = stack.fetch(proxy, "64M")
         _check_spliced_transfer(stack, proxy, result, result["bytes"], upload=False)
         assert ":" in stack.events_of("spliced")[-1]["splice"]["client"]["src"]
+
+
+def test_transparent_proxy_handed_over_without_rewrites(stack):
+    """TPROXY: the client talks to the server's address; the proxy connects as the
+    client. Both connections have the same four-tuple, so no address is rewritten."""
+    with (
+        tproxy(stack.topo, dport=SERVER_PORT, to_port=8150),
+        stack.proxy(8150, "--handover-after", str(MIB), transparent=True) as proxy,
+    ):
+        result = stack.fetch(None, "64M")
+        _check_spliced_transfer(
+            stack, proxy, result, result["bytes"], upload=False, port=SERVER_PORT
+        )
+    splice = _spliced_events(stack, SERVER_PORT)[-1]["splice"]
+    assert splice["client"]["dst"] == splice["server"]["dst"] == "10.2.0.1"
+    assert all("rewrite" not in e for e in splice["entries"]), splice["entries"]
 
 
 def test_handover_with_data_queued_is_refused_and_the_proxy_carries_on(stack):
