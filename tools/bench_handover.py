@@ -161,22 +161,7 @@ def main() -> int:
         print(f"bulk download of {args.size}, one flow:", file=sys.stderr)
         # veth carries 64 KiB GSO frames unless XDP is attached; a NIC never does.
         bench.measure("kernel forwarding, no XDP (veth GSO frames)", SERVER4, 9000, None)
-        procs.spawn(
-            topo.proxy,
-            mosto(
-                "agent",
-                "pc",
-                "ps",
-                "--mode",
-                "native",
-                "--pin-dir",
-                topo.pin_dir,
-                "--socket",
-                topo.agent_socket,
-            ),
-            "agent.log",
-        )
-        wait_for(lambda: os.path.exists(topo.agent_socket), 10, "the agent")
+        topo.start_agent(procs, "--mode", "native")
         print("XDP attached from here on (MTU-sized frames, as from a NIC):", file=sys.stderr)
         bench.measure("kernel forwarding (no proxy)", SERVER4, 9000, None)
 

@@ -6,7 +6,6 @@ its namespaces, and removes everything it made when it is done."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -67,12 +66,7 @@ def run(topo, procs: Processes) -> bool:
         f"(hands a flow over after {HANDOVER_AFTER})",
     )
     procs.spawn(topo.server, traffic("serve", "--listen", "0.0.0.0:9000"), "server.log", ready=True)
-    procs.spawn(
-        topo.proxy,
-        mosto("agent", "pc", "ps", "--pin-dir", topo.pin_dir, "--socket", topo.agent_socket),
-        "agent.log",
-    )
-    wait_for(lambda: os.path.exists(topo.agent_socket), 10, "the agent")
+    topo.start_agent(procs)
     watch = procs.spawn(
         topo.proxy, mosto("ctl", "watch", "--socket", topo.agent_socket), stdout=subprocess.PIPE
     )

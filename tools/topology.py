@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import uuid
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from processes import Processes, mosto, wait_for  # noqa: E402
+
 from netns import Namespace, create, in_ns, remove, veth  # noqa: E402
 
 CLIENT4, PROXY_C4, PROXY_S4, SERVER4 = "10.1.0.1", "10.1.0.2", "10.2.0.2", "10.2.0.1"
@@ -53,6 +56,25 @@ class Topology:
     @property
     def agent_socket(self) -> str:
         return f"/run/{self.name}/agent.sock"
+
+    def start_agent(self, procs: Processes, *extra: str) -> subprocess.Popen:
+        """`mosto agent` in the proxy, XDP on its two interfaces, once its socket is up."""
+        agent = procs.spawn(
+            self.proxy,
+            mosto(
+                "agent",
+                "pc",
+                "ps",
+                "--pin-dir",
+                self.pin_dir,
+                "--socket",
+                self.agent_socket,
+                *extra,
+            ),
+            "agent.log",
+        )
+        wait_for(lambda: os.path.exists(self.agent_socket), 10, "the agent's socket")
+        return agent
 
 
 def _addr(ns: Namespace, ifname: str, *cidrs: str) -> None:

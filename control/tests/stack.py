@@ -60,30 +60,19 @@ class Stack:
     # -- the agent ----------------------------------------------------------
 
     def start_agent(self) -> None:
-        self.agent = self.procs.spawn(
-            self.topo.proxy,
-            mosto(
-                "agent",
-                "pc",
-                "ps",
-                "--mode",
-                "native",
-                "--pin-dir",
-                self.topo.pin_dir,
-                "--socket",
-                self.topo.agent_socket,
-                "--socket-mode",
-                "666",
-                "--grace",
-                str(self.grace),
-                "--idle-timeout",
-                str(IDLE_TIMEOUT_S),
-                "--metrics",
-                f"127.0.0.1:{METRICS_PORT}",
-            ),
-            "agent.log",
+        self.agent = self.topo.start_agent(
+            self.procs,
+            "--mode",
+            "native",
+            "--socket-mode",
+            "666",
+            "--grace",
+            str(self.grace),
+            "--idle-timeout",
+            str(IDLE_TIMEOUT_S),
+            "--metrics",
+            f"127.0.0.1:{METRICS_PORT}",
         )
-        wait_for(lambda: os.path.exists(self.topo.agent_socket), 10, "the agent's socket")
         watch = self.procs.spawn(
             self.topo.proxy,
             mosto("ctl", "watch", "--socket", self.topo.agent_socket),
