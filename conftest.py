@@ -1,21 +1,42 @@
-"""Shared pytest set-up: the corpus lives in ptf_tests/, importable everywhere."""
+"""Test tiers, by folder: each says what it needs, and a test that cannot run
+here is skipped with its reason printed (pytest -ra).
+
+    unit    control/tests/unit   pure Python: no root, no kernel
+    kernel  control/tests/kernel, ebpf/tests, tools/tests
+                                 BPF_PROG_TEST_RUN, veth, sockets in repair mode: root
+    e2e     control/tests/e2e    whole deployments in network namespaces: root
+The PTF suite (ptf_tests/) runs through tools/run_ptf.py, not pytest.
+"""
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
-for _dir in ("ptf_tests", "tools"):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), _dir))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "tools"))  # the topology and process helpers are scripts
+
+TIERS = {"unit": "pure Python", "kernel": "needs root", "e2e": "needs root"}
 
 
-def pytest_collection_modifyitems(config, items):
-    if os.geteuid() != 0:
-        skip = pytest.mark.skip(reason="needs root (BPF, netns, veth)")
-        for item in items:
-            if "needs_root" in item.keywords:
-                item.add_marker(skip)
+def tier_of(path: Path) -> str:
+    rel = path.resolve().relative_to(ROOT).parts
+    if rel[:2] == ("control", "tests") and len(rel) > 2 and rel[2] in TIERS:
+        return rel[2]
+    return "kernel"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "needs_root: needs root for BPF, netns and veth")
+    for name, what in TIERS.items():
+        config.addinivalue_line("markers", f"{name}: {what} (set from the test's folder)")
+    config.addinivalue_line("markers", "needs_root: needs root, whatever the tier")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = os.geteuid() == 0
+    for item in items:
+        tier = tier_of(Path(item.fspath))
+        item.add_marker(getattr(pytest.mark, tier))
+        if (tier != "unit" or "needs_root" in item.keywords) and not root:
+            item.add_marker(pytest.mark.skip(reason=f"{tier} tier: needs root (BPF, netns, veth)"))

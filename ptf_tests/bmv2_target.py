@@ -1,13 +1,13 @@
 """The PTF target for BMv2: simple_switch_grpc started by tools/bmv2.py, driven
-through mosto.bmv2 (P4Runtime). Logical ports are the switch's port numbers;
+through mosto.targets.bmv2 (P4Runtime). Logical ports are the switch's port numbers;
 port 2 is the host port of the forwarding table (its default action)."""
 
 from __future__ import annotations
 
 import time
 
-from mosto.bmv2.target import Bmv2Target
-from mosto.entry import Entry, FlowKey
+from mosto.dataplane.entry import Entry, FlowKey
+from mosto.targets.bmv2.target import Bmv2Target
 
 REPORT_TIMEOUT_S = 1.0
 

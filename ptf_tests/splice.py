@@ -12,8 +12,8 @@ import ptf.testutils as tu
 from ptf.base_tests import BaseTest
 from scapy.layers.inet import TCP
 
-from corpus import CASES, Case, entry, install_docs, tcp4
-from mosto.entry import parse_entry
+from mosto.dataplane.entry import parse_entry
+from mosto.testing.corpus import CASES, Case, entry, install_docs, tcp4
 from targets import PASS_PORT, open_target
 
 _target = None

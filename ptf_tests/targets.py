@@ -1,5 +1,5 @@
 """The data plane under test, as the PTF suite sees it: the same calls for
-XDP (through mosto.xdp) and BMv2 (through mosto.bmv2). Logical ports:
+XDP (through mosto.targets.xdp) and BMv2 (through mosto.targets.bmv2). Logical ports:
 0 and 1 are the switch ports; 2 is where a passed frame shows up (the host
 stack of the ingress interface for XDP, the forwarding table's host port for
 BMv2)."""
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from mosto.entry import Entry, FlowKey
+from mosto.dataplane.entry import Entry, FlowKey
 
 REPO = Path(__file__).resolve().parents[1]
 PASS_PORT = 2
@@ -32,8 +32,8 @@ class XdpPtfTarget:
     """The splice program attached (native mode) to the DUT veths."""
 
     def __init__(self, dut_ports: list[str], peers: list[str]):
-        from mosto.xdp import libbpf
-        from mosto.xdp.target import XdpTarget
+        from mosto.targets.xdp import libbpf
+        from mosto.targets.xdp.target import XdpTarget
 
         self._dut = dut_ports
         self._peers = peers
@@ -62,15 +62,11 @@ class XdpPtfTarget:
         self.xdp.delete(match)
 
     def stats(self, match: FlowKey) -> tuple[int, int]:
-        entry_id = self.xdp.entry_id(match)
-        assert entry_id is not None, f"no entry for {match}"
-        st = self.xdp.stats(entry_id)
+        st = self.xdp.stats(match)
         return st.packets, st.bytes
 
     def learned_tsval(self, match: FlowKey) -> int | None:
-        entry_id = self.xdp.entry_id(match)
-        assert entry_id is not None, f"no entry for {match}"
-        return self.xdp.stats(entry_id).tsval
+        return self.xdp.stats(match).tsval
 
     def counters(self) -> dict[str, int]:
         return self.xdp.counters()
@@ -83,7 +79,7 @@ class XdpPtfTarget:
         return out
 
     def close(self) -> None:
-        from mosto.xdp.target import XdpTarget
+        from mosto.targets.xdp.target import XdpTarget
 
         self._ring_cm.__exit__(None, None, None)
         for ifname in self._dut + self._peers:

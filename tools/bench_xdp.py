@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ptf_tests"))
 
-from corpus import NOP, TS, entry, tcp4  # noqa: E402
-from mosto.entry import parse_entry  # noqa: E402
-from mosto.xdp import libbpf  # noqa: E402
-from mosto.xdp.target import XdpTarget  # noqa: E402
+from mosto.dataplane.entry import parse_entry  # noqa: E402
+from mosto.targets.xdp import libbpf  # noqa: E402
+from mosto.targets.xdp.target import XdpTarget  # noqa: E402
+from mosto.testing.corpus import NOP, TS, entry, tcp4  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SACK_TS = [NOP, NOP, ("Timestamp", (111, 222)), NOP, NOP, ("SAck", (1, 2, 3, 4, 5, 6))]

@@ -9,9 +9,7 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from mosto.xdp.target import XdpTarget
-
-pytestmark = pytest.mark.needs_root
+from mosto.targets.xdp.target import XdpTarget
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """The fixture corpus through BPF_PROG_TEST_RUN, and through the reference model.
 
 Katran-style: each record is an input frame, the entries, the expected
-verdict and the exact expected bytes; the corpus is in ptf_tests/corpus.py.
+verdict and the exact expected bytes; the corpus is mosto.testing.corpus (the
+reference model is checked against it in control/tests/unit/test_model_corpus.py).
 """
 
 from __future__ import annotations
@@ -9,15 +10,12 @@ from __future__ import annotations
 import pytest
 from scapy.layers.inet import TCP
 
-from corpus import CASES, Case, install_docs
-from mosto.counters import COUNTERS
-from mosto.entry import parse_entry
-from mosto.model import Verdict, splice
-from mosto.pktdiff import explain_mismatch
+from mosto.dataplane.counters import COUNTERS
+from mosto.dataplane.entry import parse_entry
+from mosto.testing.corpus import CASES, Case, install_docs
+from mosto.testing.pktdiff import explain_mismatch
 
 XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 1, 2, 3, 4
-
-pytestmark = pytest.mark.needs_root
 
 
 def expected_xdp_verdict(case: Case) -> int:
@@ -50,7 +48,7 @@ def test_xdp_fixture(clean_xdp, ports, case: Case):
     counters = clean_xdp.counters()
     assert counters == {name: int(name == expected_counter(case)) for name in COUNTERS}
     hit = case.verdict in ("forward", "drop") or case.counter == "pass_learn"
-    stats = clean_xdp.stats(ids[0])
+    stats = clean_xdp.stats_by_id(ids[0])
     assert (stats.packets, stats.bytes) == ((1, len(frame)) if hit else (0, 0))
     assert stats.tsval == case.learned_tsval
     assert len(events) == int(case.event)
@@ -58,18 +56,3 @@ def test_xdp_fixture(clean_xdp, ports, case: Case):
         assert events[0].key == entries[0].match
         assert events[0].entry_id == ids[0]
         assert events[0].tcp_flags == case.packet[TCP].flags.value
-
-
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_model_fixture(case: Case):
-    frame = bytes(case.packet)
-    entries = [parse_entry(d) for d in install_docs(case, {0: 1, 1: 2})]
-    outcome = splice(frame, {e.match: e for e in entries})
-    assert outcome.verdict == Verdict(case.verdict)
-    assert outcome.counter == case.counter
-    assert bool(outcome.event_flags) == case.event
-    assert outcome.learned_tsval == case.learned_tsval
-    if case.verdict == "forward":
-        want = bytes(case.expected)
-        assert outcome.frame == want, explain_mismatch(want, outcome.frame)
-        assert outcome.entry.egress == {0: 1, 1: 2}[case.egress_port]

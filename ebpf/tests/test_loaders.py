@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mosto.xdp.target import MAPS, default_object
-
-pytestmark = pytest.mark.needs_root
+from mosto.targets.xdp.paths import find_object
+from mosto.targets.xdp.target import MAPS
 
 # Where each loader pins maps declared LIBBPF_PIN_BY_NAME when told nothing else.
 IP_PIN_DIR = "/sys/fs/bpf/xdp/globals"
@@ -37,7 +36,7 @@ def veth():
 
 
 def test_iproute2_attaches_the_object(veth):
-    obj = str(default_object())
+    obj = str(find_object())
     try:
         r = subprocess.run(
             ["ip", "link", "set", "dev", veth, "xdp", "obj", obj, "sec", "xdp"],
@@ -58,7 +57,7 @@ def test_bpftool_loads_the_object():
     pin = f"/sys/fs/bpf/mosto-bpftool-{uuid.uuid4().hex[:6]}"
     try:
         r = subprocess.run(
-            ["bpftool", "prog", "load", str(default_object()), pin], capture_output=True, text=True
+            ["bpftool", "prog", "load", str(find_object()), pin], capture_output=True, text=True
         )
         assert r.returncode == 0, r.stderr
         assert Path(pin).exists()

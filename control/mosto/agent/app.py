@@ -1,0 +1,105 @@
+"""The agent's composition root: a target, holds, the agent, its socket server
+and (if asked) its metrics endpoint, wired together from one AgentConfig.
+`mosto agent` (mosto.cli.agent) only turns arguments into that config."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from mosto.agent.core import Agent
+from mosto.agent.kernel.hold import HoldError, Holds
+from mosto.agent.server import AgentServer
+from mosto.targets.base import Target, TargetError
+
+log = logging.getLogger("mosto.agent")
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message says why, in one line."""
+
+
+@dataclass
+class AgentConfig:
+    socket: str
+    target: str = "xdp"  # or "bmv2"
+    interfaces: list[str] = field(default_factory=list)  # XDP: attach to these
+    mode: str = "auto"  # XDP mode: native, generic or auto
+    pin_dir: str = "/sys/fs/bpf/mosto"
+    ports: dict[str, int] = field(default_factory=dict)  # BMv2: host interface -> port
+    grpc_addr: str = "127.0.0.1:9559"
+    device_id: int = 0
+    p4info: str | None = None
+    bmv2_json: str | None = None
+    socket_mode: int = 0o660
+    owner: str | None = None
+    group: str | None = None
+    idle_timeout: float = 300.0
+    grace: float = 2.0
+    hold: bool = True
+    metrics: str | None = None  # [HOST:]PORT
+
+
+def open_target(cfg: AgentConfig) -> tuple[Target, dict[str, int] | None]:
+    """The data plane, and (for a switch) the port of each host interface."""
+    if cfg.target == "xdp":
+        from mosto.targets.xdp.target import XdpTarget
+
+        if cfg.ports:
+            raise ConfigError("--port is for --target bmv2")
+        xdp = XdpTarget(pin_dir=cfg.pin_dir)
+        for ifname in cfg.interfaces:
+            log.info("XDP attached to %s (%s)", ifname, xdp.attach(ifname, cfg.mode))
+        return xdp, None
+    from mosto.targets.bmv2.target import Bmv2Target
+
+    if cfg.interfaces:
+        raise ConfigError("interfaces to attach to are for --target xdp; use --port IFACE=N")
+    if not cfg.ports:
+        raise ConfigError(
+            "--target bmv2 needs --port IFACE=N for each interface peers are reached through"
+        )
+    if (cfg.p4info is None) != (cfg.bmv2_json is None):
+        raise ConfigError("--p4info and --bmv2-json go together (to push the pipeline)")
+    switch = Bmv2Target(
+        cfg.grpc_addr,
+        cfg.device_id,
+        cfg.p4info,
+        cfg.bmv2_json,
+        idle_timeout_ns=int(cfg.idle_timeout * 1e9),
+    )
+    log.info("BMv2 at %s, device %d; ports %s", cfg.grpc_addr, cfg.device_id, cfg.ports)
+    return switch, dict(cfg.ports)
+
+
+def _serve_metrics(agent: Agent, where: str) -> None:
+    from prometheus_client import REGISTRY, start_http_server
+
+    from mosto.agent.metrics import AgentCollector
+
+    host, _, port = where.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"--metrics expects [HOST:]PORT, got {where!r}")
+    REGISTRY.register(AgentCollector(agent))
+    start_http_server(int(port), addr=host or "127.0.0.1")
+
+
+def run(cfg: AgentConfig) -> int:
+    """Serves until SIGTERM or SIGINT. Entries and XDP stay when it stops:
+    spliced flows outlive the agent, and a new one picks them up."""
+    try:
+        target, port_map = open_target(cfg)
+        holds = Holds() if cfg.hold else None
+    except (TargetError, HoldError) as exc:
+        raise ConfigError(str(exc)) from None
+    agent = Agent(target, holds, idle_timeout=cfg.idle_timeout, grace=cfg.grace, port_map=port_map)
+    server = AgentServer(agent, cfg.socket, cfg.socket_mode, cfg.owner, cfg.group)
+    if cfg.metrics:
+        _serve_metrics(agent, cfg.metrics)
+    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+    signal.signal(signal.SIGINT, lambda *_: server.shutdown())
+    log.info("serving on %s", cfg.socket)
+    server.serve_forever()
+    log.info("stopped; entries stay in the data plane")
+    return 0

@@ -1,0 +1,100 @@
+"""`mosto proxy`: the reference proxy (mosto.proxy.relay)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import threading
+import time
+
+from mosto.cli import CliError
+from mosto.wire import protocol
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    mult = units.get(text[-1:].lower(), 1)
+    try:
+        return int(text[:-1] if mult > 1 else text) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 4M, got {text!r}") from None
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    from mosto.proxy.relay import Proxy
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        proxy = Proxy(
+            args.listen,
+            args.upstream,
+            args.agent or None,
+            args.handover_after,
+            args.attempts,
+            drain=not args.no_drain,
+        )
+    except OSError as exc:
+        where = f"{args.listen[0]}:{args.listen[1]}"
+        raise CliError(f"cannot listen on {where}: {exc.strerror}") from None
+    if args.stats_file:
+
+        def dump() -> None:
+            while True:
+                doc = proxy.stats.to_json()
+                with open(args.stats_file + ".tmp", "w") as f:
+                    json.dump(doc, f)
+                os.replace(args.stats_file + ".tmp", args.stats_file)
+                time.sleep(0.2)
+
+        threading.Thread(target=dump, daemon=True).start()
+    logging.info(
+        "proxying %s:%d -> %s",
+        *args.listen,
+        "{}:{}".format(*args.upstream) if args.upstream else "(transparent)",
+    )
+    proxy.serve_forever()
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("proxy", help="run the reference proxy (hands flows over to the agent)")
+    p.add_argument("--listen", type=_hostport, required=True, metavar="HOST:PORT")
+    up = p.add_mutually_exclusive_group(required=True)
+    up.add_argument("--upstream", type=_hostport, metavar="HOST:PORT")
+    up.add_argument(
+        "--transparent",
+        action="store_true",
+        help="TPROXY: connect to where the client connected, as the client "
+        "(needs CAP_NET_ADMIN and a tproxy rule)",
+    )
+    p.add_argument(
+        "--agent",
+        default=protocol.DEFAULT_SOCKET,
+        metavar="SOCKET",
+        help="the agent's socket; '' to never hand over",
+    )
+    p.add_argument(
+        "--handover-after",
+        type=_size,
+        default=None,
+        metavar="BYTES",
+        help="hand a flow over once this much went through (e.g. 1M)",
+    )
+    p.add_argument("--attempts", type=int, default=5, help="hand-over attempts per flow (5)")
+    p.add_argument(
+        "--no-drain",
+        action="store_true",
+        help="offload without holding the senders and draining (bulk flows will "
+        "mostly be refused: buffers not empty)",
+    )
+    p.add_argument("--stats-file", help="keep a JSON summary here (rewritten 5 times a second)")
+    p.set_defaults(func=_proxy)

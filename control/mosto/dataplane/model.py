@@ -1,0 +1,228 @@
+"""Reference model of the splice data plane: the oracle both targets are held to.
+
+It works on raw frames and is written independently of the C: it finds the
+headers by offset, edits the bytes, and fixes checksums by RFC 1624 eqn. 3
+applied to the whole changed region (~HC + ~sum(old region) + sum(new region)),
+where the XDP program adds per-field deltas. For frames whose checksums were
+correct on input the two give identical bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from scapy.utils import checksum as ones_complement_checksum  # ~sum, folded
+
+from mosto.dataplane.entry import Entry, FlowKey
+
+ETH_HLEN = 14
+VLAN_HLEN = 4
+ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q = 0x0800, 0x86DD, 0x8100
+IPPROTO_TCP = 6
+TCP_HLEN = 20
+TCP_FIN, TCP_RST = 0x01, 0x04
+TCP_OPT_MAX_LEN = 40
+TCPOPT_EOL, TCPOPT_NOP, TCPOPT_SACK, TCPOPT_TS = 0, 1, 5, 8
+
+
+class Verdict(Enum):
+    PASS = "pass"  # untouched, to the host's stack
+    DROP = "drop"
+    FORWARD = "forward"  # translated, out of the entry's egress
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    frame: bytes
+    counter: str  # the mosto_counter this frame lands in (without tx/redirect split)
+    entry: Entry | None = None  # the entry hit, if any
+    event_flags: int = 0  # FIN/RST reported to user space
+    learned_tsval: int | None = None  # learning entries: the TSval recorded
+
+
+class _Untranslatable(Exception):
+    pass
+
+
+def _sum16(data: bytes) -> int:
+    """One's complement sum of data (big-endian words, odd length zero-padded)."""
+    return 0xFFFF & ~ones_complement_checksum(data)
+
+
+def _incremental(check: int, old: bytes, new: bytes) -> int:
+    """RFC 1624 eqn. 3 over a whole region: HC' = ~(~HC + ~m + m')."""
+    total = (~check & 0xFFFF) + (~_sum16(old) & 0xFFFF) + _sum16(new)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _add32(buf: bytearray, off: int, delta: int) -> None:
+    (value,) = struct.unpack_from("!I", buf, off)
+    struct.pack_into("!I", buf, off, (value + delta) & 0xFFFFFFFF)
+
+
+def _options(buf: bytearray, start: int, length: int, entry: Entry) -> int | None:
+    """Rewrites SACK and timestamps in place (a learning entry: nothing) and
+    returns the TSval found, if any; raises on malformed options."""
+    off, seen, tsval = 0, set(), None
+    while off < length:
+        kind = buf[start + off]
+        if kind == TCPOPT_EOL:
+            break
+        if kind == TCPOPT_NOP:
+            off += 1
+            continue
+        if off + 1 >= length:
+            raise _Untranslatable("option length byte missing")
+        size = buf[start + off + 1]
+        if size < 2 or off + size > length:
+            raise _Untranslatable("bad option length")
+        if kind in (TCPOPT_SACK, TCPOPT_TS):
+            if kind in seen:
+                raise _Untranslatable("option repeated")
+            seen.add(kind)
+        if kind == TCPOPT_SACK:
+            if size not in (10, 18, 26, 34):
+                raise _Untranslatable("bad SACK length")
+            for edge in range(start + off + 2, start + off + size, 4):
+                if not entry.learn:
+                    _add32(buf, edge, entry.ack_delta)
+        elif kind == TCPOPT_TS:
+            if size != 10:
+                raise _Untranslatable("bad timestamp length")
+            (tsval,) = struct.unpack_from("!I", buf, start + off + 2)
+            if entry.timestamps and not entry.learn:
+                _add32(buf, start + off + 2, entry.tsval_delta)
+                _add32(buf, start + off + 6, entry.tsecr_delta)
+        off += size
+    return tsval
+
+
+def _window(window: int, shift: int) -> int:
+    return min(window << shift, 0xFFFF) if shift >= 0 else window >> -shift
+
+
+def _parse(frame: bytes) -> tuple[str, int, int, int]:
+    """Returns (counter or '', l3 offset, l4 offset, IP version)."""
+    if len(frame) < ETH_HLEN:
+        return "pass_truncated", 0, 0, 0
+    (proto,) = struct.unpack_from("!H", frame, 12)
+    l3 = ETH_HLEN
+    if proto == ETH_P_8021Q:
+        if len(frame) < l3 + VLAN_HLEN:
+            return "pass_truncated", 0, 0, 0
+        (proto,) = struct.unpack_from("!H", frame, 16)
+        l3 += VLAN_HLEN
+    if proto == ETH_P_IP:
+        if len(frame) < l3 + 20:
+            return "pass_truncated", 0, 0, 0
+        version, ihl = frame[l3] >> 4, frame[l3] & 0xF
+        if version != 4 or ihl < 5:
+            return "pass_bad_ip", 0, 0, 0
+        (frag,) = struct.unpack_from("!H", frame, l3 + 6)
+        if frag & 0x1FFF:
+            return "pass_fragment", 0, 0, 0
+        if frame[l3 + 9] != IPPROTO_TCP:
+            return "pass_not_tcp", 0, 0, 0
+        if len(frame) < l3 + ihl * 4:
+            return "pass_truncated", 0, 0, 0
+        l4, ver = l3 + ihl * 4, 4
+    elif proto == ETH_P_IPV6:
+        if len(frame) < l3 + 40:
+            return "pass_truncated", 0, 0, 0
+        if frame[l3] >> 4 != 6:
+            return "pass_bad_ip", 0, 0, 0
+        if frame[l3 + 6] != IPPROTO_TCP:
+            return "pass_not_tcp", 0, 0, 0
+        l4, ver = l3 + 40, 6
+    else:
+        return "pass_not_ip", 0, 0, 0
+    if len(frame) < l4 + TCP_HLEN:
+        return "pass_truncated", 0, 0, 0
+    return "", l3, l4, ver
+
+
+def flow_of(frame: bytes) -> FlowKey | None:
+    """The flow direction a frame belongs to, or None if it does not parse."""
+    counter, l3, l4, ver = _parse(frame)
+    if counter:
+        return None
+    alen, src_off = (4, 12) if ver == 4 else (16, 8)
+    src = ipaddress.ip_address(frame[l3 + src_off : l3 + src_off + alen])
+    dst = ipaddress.ip_address(frame[l3 + src_off + alen : l3 + src_off + 2 * alen])
+    sport, dport = struct.unpack_from("!HH", frame, l4)
+    return FlowKey(src, dst, sport, dport)
+
+
+def splice(frame: bytes, table: Mapping[FlowKey, Entry]) -> Outcome:
+    """What the data plane does with one frame, given its splice table."""
+    counter, l3, l4, ver = _parse(frame)
+    if counter:
+        return Outcome(Verdict.PASS, frame, counter)
+    entry = table.get(flow_of(frame))
+    if entry is None:
+        return Outcome(Verdict.PASS, frame, "pass_miss")
+    event = frame[l4 + 13] & (TCP_FIN | TCP_RST)
+    if entry.learn:
+        return Outcome(Verdict.PASS, frame, "pass_learn", entry, event, _learn(frame, l4, entry))
+    try:
+        out = _translate(bytearray(frame), entry, l3, l4, ver)
+    except _Untranslatable:
+        return Outcome(Verdict.DROP, frame, "drop_bad_tcp", entry, event)
+    return Outcome(Verdict.FORWARD, out, "hit", entry, event)
+
+
+def _learn(frame: bytes, l4: int, entry: Entry) -> int | None:
+    """The TSval of a well-formed TCP header, if it has one."""
+    hlen = (frame[l4 + 12] >> 4) * 4
+    if hlen < TCP_HLEN or l4 + hlen > len(frame):
+        return None
+    try:
+        return _options(bytearray(frame), l4 + TCP_HLEN, hlen - TCP_HLEN, entry)
+    except _Untranslatable:
+        return None
+
+
+def _translate(buf: bytearray, entry: Entry, l3: int, l4: int, ver: int) -> bytes:
+    doff = buf[l4 + 12] >> 4
+    hlen = doff * 4
+    if doff < 5 or l4 + hlen > len(buf):
+        raise _Untranslatable("bad data offset")
+    # The checksummed region we may touch: pseudo-header addresses + TCP header.
+    addr_off, addr_len = (l3 + 12, 8) if ver == 4 else (l3 + 8, 32)
+
+    def region(b: bytes | bytearray) -> bytes:
+        tcp = bytearray(b[l4 : l4 + hlen])
+        tcp[16:18] = b"\0\0"  # the checksum field is not part of what it sums
+        return bytes(b[addr_off : addr_off + addr_len]) + bytes(tcp)
+
+    old_region = region(buf)
+    old_ip_header = bytes(buf[l3 : l3 + 20])
+    _options(buf, l4 + TCP_HLEN, hlen - TCP_HLEN, entry)
+    _add32(buf, l4 + 4, entry.seq_delta)
+    _add32(buf, l4 + 8, entry.ack_delta)
+    if entry.wscale_shift:
+        (window,) = struct.unpack_from("!H", buf, l4 + 14)
+        struct.pack_into("!H", buf, l4 + 14, _window(window, entry.wscale_shift))
+    if entry.rewrite:
+        rw = entry.rewrite
+        buf[addr_off : addr_off + addr_len] = rw.src.packed + rw.dst.packed
+        struct.pack_into("!HH", buf, l4, rw.sport, rw.dport)
+        if ver == 4:
+            new_ip_header = bytes(buf[l3 : l3 + 20])
+            (ip_check,) = struct.unpack_from("!H", buf, l3 + 10)
+            old_h = old_ip_header[:10] + b"\0\0" + old_ip_header[12:]
+            new_h = new_ip_header[:10] + b"\0\0" + new_ip_header[12:]
+            struct.pack_into("!H", buf, l3 + 10, _incremental(ip_check, old_h, new_h))
+    (check,) = struct.unpack_from("!H", buf, l4 + 16)
+    struct.pack_into("!H", buf, l4 + 16, _incremental(check, old_region, region(buf)))
+    buf[0:12] = bytes.fromhex(entry.dmac.replace(":", "")) + bytes.fromhex(
+        entry.smac.replace(":", "")
+    )
+    return bytes(buf)

@@ -1,0 +1,232 @@
+"""A small reference proxy that hands its flows over to the agent.
+
+It connects each client to a fixed upstream, or, transparent (TPROXY), to the
+address the client asked for, from the client's own address and port.
+
+Each accepted connection gets a thread: connect upstream, register the pair
+with the agent, relay; once `handover_after` bytes went through, hold the
+senders, drain, and offload. A refused hand-over is retried a few times and
+otherwise the proxy just keeps relaying. Not a production proxy: it is the
+client library's worked example and the test and demo workload.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mosto.wire.client import AgentClient
+from mosto.wire.queues import queued
+from mosto.wire.refusal import Refused
+
+log = logging.getLogger("mosto.proxy")
+
+CHUNK = 256 * 1024
+DRAIN_TIMEOUT_S = 3.0
+RETRY_BYTES = 1 << 20  # after a refusal, relay this much more before trying again
+
+
+@dataclass
+class ProxyStats:
+    flows: int = 0
+    handed_over: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    relayed_bytes: int = 0
+    handover_ms: list[float] = field(default_factory=list)  # hold + drain + offload
+    offload_ms: list[float] = field(default_factory=list)  # the offload call alone
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **changes: int) -> None:
+        with self.lock:
+            for k, v in changes.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def to_json(self) -> dict:
+        with self.lock:
+            return {
+                "flows": self.flows,
+                "handed_over": self.handed_over,
+                "refused": dict(self.refused),
+                "relayed_bytes": self.relayed_bytes,
+                "handover_ms": list(self.handover_ms),
+                "offload_ms": list(self.offload_ms),
+            }
+
+    def refusal(self, code: str) -> None:
+        with self.lock:
+            self.refused[code] = self.refused.get(code, 0) + 1
+
+
+class Relay:
+    """One proxied flow: a = to the client, b = to the server."""
+
+    def __init__(
+        self,
+        a: socket.socket,
+        b: socket.socket,
+        agent_path: str | None,
+        handover_after: int | None,
+        attempts: int,
+        stats: ProxyStats,
+        drain: bool = True,
+    ):
+        self.a, self.b = a, b
+        self.agent_path = agent_path
+        self.handover_after = handover_after
+        self.attempts = attempts
+        self.stats = stats
+        self.drain = drain
+        self.relayed = 0
+        self.eof = {a: False, b: False}
+        self.pending = {a: b"", b: b""}  # bytes read from the key, not yet written onward
+
+    def _other(self, s: socket.socket) -> socket.socket:
+        return self.b if s is self.a else self.a
+
+    def _pump(self, timeout: float) -> bool:
+        """Moves what is readable; False when both sides are done."""
+        sel = selectors.DefaultSelector()
+        for s in (self.a, self.b):
+            if not self.eof[s] and not self.pending[s]:
+                sel.register(s, selectors.EVENT_READ)
+        ready = sel.select(timeout) if sel.get_map() else []
+        sel.close()
+        for key, _ in ready:
+            s = key.fileobj
+            try:
+                data = s.recv(CHUNK)
+            except ConnectionError:
+                data = b""
+            if not data:
+                self.eof[s] = True
+                try:
+                    self._other(s).shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                continue
+            self.pending[s] = data
+        for s in (self.a, self.b):
+            if self.pending[s]:
+                self._other(s).sendall(self.pending[s])
+                self.relayed += len(self.pending[s])
+                self.stats.add(relayed_bytes=len(self.pending[s]))
+                self.pending[s] = b""
+        return not (self.eof[self.a] and self.eof[self.b])
+
+    def run(self) -> None:
+        client = None
+        try:
+            if self.agent_path and self.handover_after is not None:
+                client = AgentClient(self.agent_path)
+                client.register(self.a, self.b)
+            next_try = self.handover_after
+            attempts = self.attempts
+            while self._pump(0.5):
+                if client and attempts and next_try is not None and self.relayed >= next_try:
+                    attempts -= 1
+                    if self._handover(client):
+                        return
+                    next_try = self.relayed + RETRY_BYTES
+        except Exception:
+            log.exception("relay failed")
+        finally:
+            if client:
+                client.close()
+            self.a.close()
+            self.b.close()
+
+    def _quiet(self) -> bool:
+        return all(queued(s) == (0, 0) for s in (self.a, self.b)) and not any(self.pending.values())
+
+    def _handover(self, client: AgentClient) -> bool:
+        t0 = time.perf_counter()
+        if self.drain:
+            client.hold(self.a, self.b)
+            if not self._drain(client):
+                return False
+        t1 = time.perf_counter()
+        try:
+            splice = client.offload(self.a, self.b)
+        except Refused as exc:  # offload lifts the hold either way
+            log.info("hand-over refused (%s): %s", exc.code, exc.message)
+            self.stats.refusal(exc.code)
+            return False
+        t2 = time.perf_counter()
+        log.info("handed over as splice %s after %d bytes", splice["id"], self.relayed)
+        self.stats.add(handed_over=1)
+        with self.stats.lock:
+            self.stats.handover_ms.append((t2 - t0) * 1e3)
+            self.stats.offload_ms.append((t2 - t1) * 1e3)
+        return True
+
+    def _drain(self, client: AgentClient) -> bool:
+        """Relays what is queued while the senders are held, until all is acked."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while not self._quiet():
+            if time.monotonic() > deadline or not self._pump(0.001):
+                client.unhold(self.a, self.b)
+                self.stats.refusal("drain_timeout")
+                return False
+        return True
+
+
+class Proxy:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        upstream: tuple[str, int] | None,
+        agent_path: str | None,
+        handover_after: int | None = None,
+        attempts: int = 5,
+        drain: bool = True,
+    ):
+        self.upstream = upstream
+        self.drain = drain
+        self.agent_path = agent_path
+        self.handover_after = handover_after
+        self.attempts = attempts
+        self.stats = ProxyStats()
+        family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if upstream is None:  # transparent: TPROXY delivers connections to any address
+            self.listener.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
+        self.listener.bind(listen)
+        self.listener.listen(1024)
+
+    def serve_forever(self) -> None:
+        while True:
+            a, _ = self.listener.accept()
+            threading.Thread(target=self._flow, args=(a,), daemon=True).start()
+
+    def _connect_upstream(self, a: socket.socket) -> socket.socket:
+        if self.upstream is not None:
+            return socket.create_connection(self.upstream)
+        # Transparent: the same four-tuple on both sides, as if there were no proxy.
+        b = socket.socket(a.family, socket.SOCK_STREAM)
+        try:
+            b.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
+            b.bind(a.getpeername())
+            b.connect(a.getsockname())
+        except OSError:
+            b.close()
+            raise
+        return b
+
+    def _flow(self, a: socket.socket) -> None:
+        self.stats.add(flows=1)
+        try:
+            b = self._connect_upstream(a)
+        except OSError as exc:
+            log.warning("upstream %s: %s", self.upstream or a.getsockname(), exc)
+            a.close()
+            return
+        for s in (a, b):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        Relay(
+            a, b, self.agent_path, self.handover_after, self.attempts, self.stats, self.drain
+        ).run()

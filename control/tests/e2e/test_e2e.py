@@ -1,0 +1,244 @@
+"""End to end: real kernel TCP in client/proxy/server namespaces, the
+reference proxy handing flows over to the agent, XDP on the proxy's
+interfaces. Every transfer's sha256 is checked at the receiving end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from stack import IDLE_TIMEOUT_S, SERVER_PORT, Stack, wait_for
+from topology import topology, tproxy
+
+KIB, MIB = 1 << 10, 1 << 20
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with topology("mte") as topo:
+        s = Stack(topo)
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def _settled(proxy) -> dict | None:
+    """The proxy's stats once its hand-over attempt is over (the file lags a little)."""
+    st = proxy.stats
+    return st if st["handed_over"] or st["refused"] else None
+
+
+def _attempts(proxy) -> int:
+    st = proxy.stats
+    return st["handed_over"] + sum(st["refused"].values())
+
+
+def _spliced_events(stack: Stack, port: int, start: int = 0) -> list[dict]:
+    return [
+        e
+        for e in stack.events[start:]
+        if e["event"] == "spliced" and e["splice"]["client"]["dport"] == port
+    ]
+
+
+def _proxy_side(splice: dict) -> set[tuple]:
+    """The proxy's own ends of a splice: (proxy addr, port, peer addr, port)."""
+    to_server = splice["entries"][0]
+    client, server = splice["client"], splice["server"]
+    return {
+        (client["dst"], client["dport"], client["src"], client["sport"]),
+        (server["src"], server["sport"], server["dst"], server["dport"]),
+        (
+            to_server["match"]["dst"],
+            to_server["match"]["dport"],
+            to_server["match"]["src"],
+            to_server["match"]["sport"],
+        ),
+    }
+
+
+def _check_spliced_transfer(
+    stack: Stack, proxy, result: dict, size: int, upload: bool, port: int | None = None
+):
+    """port: the port the client connected to (the proxy's, unless transparent)."""
+    assert result["ok"], result
+    stats = wait_for(lambda: _settled(proxy), 5, "the proxy's hand-over attempt")
+    assert stats["handed_over"] == 1, stats
+    assert stats["relayed_bytes"] < size, "the proxy relayed everything itself"
+    spliced = [
+        i
+        for i, e in enumerate(stack.events)
+        if e["event"] == "spliced" and e["splice"]["client"]["dport"] == (port or proxy.port)
+    ]
+    assert len(spliced) == 1
+    splice = stack.events[spliced[0]]["splice"]
+    # FIN both ways reached the ends (the transfer finished); the entries go.
+    # (Splice ids are reused: only events after this splice's count.)
+    removed = wait_for(
+        lambda: [
+            e
+            for e in stack.events[spliced[0] :]
+            if e["event"] == "removed" and e["splice"] == splice["id"]
+        ],
+        10,
+        "the splice's removal",
+    )
+    assert removed[0]["reason"] == "closed"
+    data_dir = "to_server" if upload else "to_client"
+    assert removed[0][data_dir]["bytes"] >= size - stats["relayed_bytes"]
+    ends = _proxy_side(splice)
+    leaked = [
+        p
+        for p in stack.fin_rst_from_proxy()
+        if (p["src"], p["sport"], p["dst"], p["dport"]) in ends
+    ]
+    assert not leaked, f"the proxy host sent FIN/RST after the hand-over: {leaked}"
+    listed = json.loads(stack.ctl("list", "--json"))
+    assert splice["client"] not in [s["client"] for s in listed]
+
+
+@pytest.mark.parametrize(
+    ("size", "after"),
+    [("1M", 256 * KIB), ("64M", MIB), ("1G", 4 * MIB)],
+    ids=["1MiB", "64MiB", "1GiB"],
+)
+@pytest.mark.parametrize("upload", [False, True], ids=["download", "upload"])
+def test_transfer_handed_over_mid_stream(stack, size, after, upload):
+    port = 8000 + 10 * ["1M", "64M", "1G"].index(size) + upload
+    with stack.proxy(port, "--handover-after", str(after)) as proxy:
+        # 1 MiB is paced a little, so that it is still flowing at the hand-over.
+        pace = ["--pace", "0.002"] if size == "1M" else []
+        result = stack.fetch(proxy, size, *pace, *(["--upload"] if upload else []))
+        nbytes = result["bytes"]
+        _check_spliced_transfer(stack, proxy, result, nbytes, upload)
+
+
+def test_ipv6_transfer_handed_over(stack):
+    with stack.proxy(8100, "--handover-after", str(MIB), v6=True) as proxy:
+        result = stack.fetch(proxy, "64M")
+        _check_spliced_transfer(stack, proxy, result, result["bytes"], upload=False)
+        assert ":" in stack.events_of("spliced")[-1]["splice"]["client"]["src"]
+
+
+def test_transparent_proxy_handed_over_without_rewrites(stack):
+    """TPROXY: the client talks to the server's address; the proxy connects as the
+    client. Both connections have the same four-tuple, so no address is rewritten."""
+    with (
+        tproxy(stack.topo, dport=SERVER_PORT, to_port=8150),
+        stack.proxy(8150, "--handover-after", str(MIB), transparent=True) as proxy,
+    ):
+        result = stack.fetch(None, "64M")
+        _check_spliced_transfer(
+            stack, proxy, result, result["bytes"], upload=False, port=SERVER_PORT
+        )
+    splice = _spliced_events(stack, SERVER_PORT)[-1]["splice"]
+    assert splice["client"]["dst"] == splice["server"]["dst"] == "10.2.0.1"
+    assert all("rewrite" not in e for e in splice["entries"]), splice["entries"]
+
+
+def test_handover_with_data_queued_is_refused_and_the_proxy_carries_on(stack):
+    # No hold, no drain, and a slow reader: the proxy's sockets hold data when it asks.
+    with stack.proxy(8200, "--handover-after", str(MIB), "--no-drain", "--attempts", "1") as p:
+        result = stack.fetch(p, "16M", "--read-pace", "0.002")
+        assert result["ok"], result
+        stats = wait_for(lambda: _settled(p), 5, "the refusal")
+        stats = wait_for(
+            lambda: p.stats if p.stats["relayed_bytes"] >= 16 * MIB else None,
+            5,
+            f"the proxy to relay the whole transfer: {p.stats}",
+        )
+    assert stats["handed_over"] == 0, stats
+    assert stats["refused"] == {"buffers_not_empty": 1}, stats
+
+
+def test_quiet_flows_handed_over_at_once(stack):
+    """Nothing flows after the first bytes: the agent probes the peers for their TSvals."""
+    with stack.proxy(8250, "--handover-after", "0") as proxy:
+        idle = stack.idle(8250, count=5, seconds=3)
+        stats = wait_for(lambda: _attempts(proxy) >= 5 and _settled(proxy), 10, "5 hand-overs")
+        idle.wait()
+    assert stats["handed_over"] == 5, stats
+
+
+def test_idle_splice_is_reaped_and_reported(stack):
+    with stack.proxy(8260, "--handover-after", "0") as proxy:
+        start = len(stack.events)
+        idle = stack.idle(8260, count=1, seconds=IDLE_TIMEOUT_S + 4)
+        wait_for(lambda: proxy.stats["handed_over"] == 1, 10, "the hand-over")
+        spliced = wait_for(lambda: _spliced_events(stack, 8260, start), 5, "spliced")
+        sid = spliced[-1]["splice"]["id"]
+        removed = wait_for(
+            lambda: [
+                e for e in stack.events[start:] if e["event"] == "removed" and e["splice"] == sid
+            ],
+            IDLE_TIMEOUT_S + 3,
+            "idle reaping",
+        )
+        assert removed[0]["reason"] == "idle"
+        idle.kill()
+        idle.wait()
+
+
+def test_different_window_scales_on_the_two_connections(stack):
+    """A client with small buffers negotiates a smaller window scale than the proxy's."""
+    ns = stack.topo.client
+    old = ns.sh("sysctl", "-n", "net.ipv4.tcp_rmem").stdout.split()
+    ns.sh("sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 131072")
+    try:
+        with stack.proxy(8270, "--handover-after", str(MIB)) as proxy:
+            result = stack.fetch(proxy, "64M")
+            _check_spliced_transfer(stack, proxy, result, result["bytes"], upload=False)
+    finally:
+        ns.sh("sysctl", "-qw", f"net.ipv4.tcp_rmem={' '.join(old)}")
+    splice = _spliced_events(stack, 8270)[0]["splice"]
+    assert splice["entries"][0].get("wscale_shift", 0) < 0, splice["entries"][0]
+
+
+def test_prometheus_metrics(stack):
+    text = stack.metrics()
+    handovers = [
+        line for line in text.splitlines() if line.startswith('mosto_handovers_total{result="ok"}')
+    ]
+    assert handovers and float(handovers[0].split()[-1]) >= 1, text[:2000]
+    assert 'mosto_dataplane_packets_total{outcome="hit_redirect"}' in text
+    assert "mosto_handover_seconds_count" in text
+
+
+def test_100_concurrent_flows_handed_over(stack):
+    with stack.proxy(8300, "--handover-after", str(256 * KIB)) as proxy:
+        result = stack.fetch(proxy, "16M", "--parallel", "100", "--seed", "100")
+        assert result["ok"] and result["flows"] == 100, result
+        stats = wait_for(
+            lambda: proxy.stats if proxy.stats["flows"] == 100 else None, 5, "100 flows"
+        )
+    assert stats["handed_over"] == 100, stats
+
+
+def test_unprivileged_proxy_hands_over(stack):
+    with stack.proxy(8400, "--handover-after", str(MIB), uid=NOBODY) as proxy:
+        assert proxy.cap_eff() == 0, "the proxy must run without capabilities"
+        result = stack.fetch(proxy, "64M")
+        _check_spliced_transfer(stack, proxy, result, result["bytes"], upload=False)
+
+
+def test_agent_killed_after_handover_flow_completes_and_restart_rebuilds(stack):
+    with stack.proxy(8500, "--handover-after", str(4 * MIB)) as proxy:
+        import threading
+
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.update(stack.fetch(proxy, "1G")))
+        t.start()
+        wait_for(lambda: proxy.stats["handed_over"] == 1, 30, "the hand-over")
+        stack.kill_agent()
+        t.join(120)
+        assert box.get("ok"), box
+    stack.start_agent()
+    listed = json.loads(stack.ctl("list", "--json"))
+    assert any(s["client"]["dport"] == 8500 for s in listed), listed
+    for s in listed:
+        stack.ctl("release", str(s["id"]))
+    time.sleep(0.1)
+    assert json.loads(stack.ctl("list", "--json")) == []

@@ -1,0 +1,45 @@
+"""The agent's checks on real (loopback) sockets: refusals that leave the
+sockets as they were. Reading a socket's state takes TCP_REPAIR (root)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from mosto.agent.core import Agent
+from mosto.targets.memory import MemoryTarget
+from mosto.wire import refusal
+
+
+@pytest.fixture
+def loopback_pair():
+    srv = socket.create_server(("127.0.0.1", 0))
+    c = socket.create_connection(srv.getsockname())
+    p, _ = srv.accept()
+    yield p, c
+    for s in (srv, c, p):
+        s.close()
+
+
+def test_agent_refuses_a_socket_with_unread_data_and_leaves_it_working(loopback_pair):
+    proxy_side, peer = loopback_pair
+    peer.sendall(b"not read yet")
+    agent = Agent(MemoryTarget())
+    time.sleep(0.05)
+    with pytest.raises(refusal.BuffersNotEmpty, match="12 bytes unread"):
+        agent.offload(proxy_side, proxy_side)
+    assert proxy_side.recv(100) == b"not read yet"  # still a normal socket
+    assert agent.results == {"buffers_not_empty": 1}
+
+
+def test_agent_refuses_what_is_not_a_connected_tcp_socket(loopback_pair):
+    agent = Agent(MemoryTarget())
+    tcp, _ = loopback_pair
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with pytest.raises(refusal.NotTcp, match="client descriptor"):
+            agent.offload(udp, tcp)
+    with socket.socket() as unconnected:
+        with pytest.raises(refusal.NotConnected, match="server socket"):
+            agent.offload(tcp, unconnected)

@@ -1,0 +1,161 @@
+"""The agent's state machine against the in-memory target: pairing entries into
+splices after a restart, FIN/RST handling, reaping, install rollback, release.
+No sockets are involved: these are the parts that only look at the table."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from mosto.agent.core import TCP_FIN, TCP_RST, Agent
+from mosto.dataplane.entry import Entry, FlowKey
+from mosto.targets.base import TableFull
+from mosto.targets.memory import MemoryTarget
+from mosto.wire import refusal
+
+ip = ipaddress.ip_address
+FROM_CLIENT = FlowKey(ip("10.1.0.1"), ip("10.1.0.2"), 40000, 8000)
+FROM_SERVER = FlowKey(ip("10.2.0.1"), ip("10.2.0.2"), 9000, 45000)
+MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+
+
+def splice_entries() -> tuple[Entry, Entry]:
+    """A non-transparent splice: client->proxy continues as proxy->server."""
+    cs = Entry(
+        match=FROM_CLIENT,
+        seq_delta=1000,
+        ack_delta=2000,
+        smac=MAC_A,
+        dmac=MAC_B,
+        egress="ps",
+        rewrite=FROM_SERVER.reversed(),
+    )
+    sc = Entry(
+        match=FROM_SERVER,
+        seq_delta=-2000 % (1 << 32),
+        ack_delta=-1000 % (1 << 32),
+        smac=MAC_B,
+        dmac=MAC_A,
+        egress="pc",
+        rewrite=FROM_CLIENT.reversed(),
+    )
+    return cs, sc
+
+
+def ok() -> None:
+    pass
+
+
+@pytest.fixture
+def target() -> MemoryTarget:
+    return MemoryTarget()
+
+
+def test_commit_installs_both_directions_and_replaces_learning(target):
+    agent = Agent(target)
+    for flow in (FROM_CLIENT, FROM_SERVER):
+        target.add(Entry.learning(flow))
+    agent = Agent(target)  # a restart: learning entries come back as such
+    assert agent.stats()["learning"] == 2
+    splice = agent._commit(*splice_entries(), ok)
+    assert [e.learn for _, e in target.entries()] == [False, False]
+    assert agent.stats()["learning"] == 0
+    assert [s["id"] for s in agent.list()] == [splice.id]
+
+
+def test_rollback_restores_learning_entries_or_nothing(target):
+    target.add(Entry.learning(FROM_CLIENT))  # registered; FROM_SERVER was not
+    agent = Agent(target)
+
+    def moved() -> None:
+        raise refusal.StateMoved("rcv_nxt 1 -> 2")
+
+    with pytest.raises(refusal.StateMoved):
+        agent._commit(*splice_entries(), moved)
+    assert [(e.match, e.learn) for _, e in target.entries()] == [(FROM_CLIENT, True)]
+    assert agent.list() == []
+
+
+def test_rollback_when_the_second_entry_does_not_fit(target):
+    agent = Agent(target)
+    cs, sc = splice_entries()
+    real_add = target.add
+
+    def add(entry: Entry) -> int:
+        if entry.match == sc.match:
+            raise TableFull("table full (2 entries)")
+        return real_add(entry)
+
+    target.add = add  # type: ignore[method-assign]
+    with pytest.raises(refusal.TableFull):
+        agent._commit(cs, sc, ok)
+    assert target.entries() == []
+
+
+def test_restart_pairs_entries_into_the_same_splices(target):
+    splice = Agent(target)._commit(*splice_entries(), ok)
+    again = Agent(target)
+    assert [(s["id"], s["client"], s["server"]) for s in again.list()] == [
+        (splice.id, FROM_CLIENT.to_json(), FROM_SERVER.reversed().to_json())
+    ]
+
+
+def test_fin_both_ways_ends_the_splice_after_the_grace(target):
+    agent = Agent(target, grace=0.0)
+    splice = agent._commit(*splice_entries(), ok)
+    watch = agent.watch()
+    agent.on_event(FROM_CLIENT, TCP_FIN)
+    agent.reap()
+    assert len(agent.list()) == 1  # half closed: still spliced
+    agent.on_event(FROM_SERVER, TCP_FIN)
+    agent.reap()
+    assert agent.list() == [] and target.entries() == []
+    events = [watch.get_nowait() for _ in range(watch.qsize())]
+    assert [e["event"] for e in events] == ["fin", "fin", "removed"]
+    assert events[-1]["reason"] == "closed" and events[-1]["splice"] == splice.id
+
+
+def test_rst_ends_the_splice_with_reason_reset(target):
+    agent = Agent(target, grace=0.0)
+    agent._commit(*splice_entries(), ok)
+    watch = agent.watch()
+    agent.on_event(FROM_SERVER, TCP_RST)
+    agent.reap()
+    assert target.entries() == []
+    assert [watch.get_nowait()["event"] for _ in range(watch.qsize())] == ["rst", "removed"]
+
+
+def test_idle_splices_and_learning_entries_are_reaped(target):
+    agent = Agent(target, idle_timeout=0.0)
+    agent._commit(*splice_entries(), ok)
+    target.add(Entry.learning(FlowKey(ip("10.1.0.9"), ip("10.1.0.2"), 1, 2)))
+    agent = Agent(target, idle_timeout=0.0)
+    agent.reap()
+    assert target.entries() == [] and agent.list() == []
+
+
+def test_traffic_keeps_a_splice_alive(target):
+    agent = Agent(target, idle_timeout=3600.0)
+    agent._commit(*splice_entries(), ok)
+    target.hit(FROM_CLIENT)
+    agent.reap()
+    assert len(agent.list()) == 1
+
+
+def test_release_removes_both_entries_and_reports_stats(target):
+    agent = Agent(target)
+    splice = agent._commit(*splice_entries(), ok)
+    target.hit(FROM_CLIENT, nbytes=1500)
+    stats = agent.release(splice.id)
+    assert stats["to_server"] == {"packets": 1, "bytes": 1500}
+    assert target.entries() == []
+    with pytest.raises(refusal.NotFound):
+        agent.release(splice.id)
+
+
+def test_a_spliced_flow_cannot_be_spliced_again(target):
+    agent = Agent(target)
+    agent._commit(*splice_entries(), ok)
+    with pytest.raises(refusal.AlreadySpliced):
+        agent._require_free(FROM_SERVER)
