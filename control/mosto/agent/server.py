@@ -103,15 +103,19 @@ class AgentServer:
                     )
                 socks = [socket.socket(fileno=fd) for fd in fds]
                 fds = []
-            handler: Callable[..., Any] | None = {
-                "register": lambda: {"flow": self.agent.register(*socks)},
-                "hold": lambda: self.agent.hold(*socks),
-                "unhold": lambda: self.agent.unhold(*socks),
-                "offload": lambda: {"splice": self.agent.offload(*socks).to_json()},
-                "release": lambda: {"stats": self.agent.release(_splice_id(doc))},
-                "list": lambda: {"splices": self.agent.list()},
-                "stats": self.agent.stats,
-            }.get(op)
+            handler: Callable[..., Any] | None = (
+                {
+                    "register": lambda: {"flow": self.agent.register(*socks)},
+                    "hold": lambda: self.agent.hold(*socks),
+                    "unhold": lambda: self.agent.unhold(*socks),
+                    "offload": lambda: {"splice": self.agent.offload(*socks).to_json()},
+                    "release": lambda: {"stats": self.agent.release(_splice_id(doc))},
+                    "list": lambda: {"splices": self.agent.list()},
+                    "stats": self.agent.stats,
+                }.get(op)
+                if isinstance(op, str)
+                else None
+            )
             if handler is None:
                 raise refusal.BadRequest(f"unknown op {op!r}")
             return {"ok": True, **(handler() or {})}
