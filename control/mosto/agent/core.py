@@ -19,10 +19,16 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mosto.agent.handover import build_entries, check_options, check_quiet, moved, pair_of
+from mosto.agent.handover import Pair, build_entries, check_options, check_quiet, moved, pair_of
 from mosto.agent.kernel.hold import Holds
 from mosto.agent.kernel.netinfo import NoRoute, next_hop
-from mosto.agent.kernel.tcpstate import TcpState, enter_repair, leave_repair, probe_peer, read_state
+from mosto.agent.kernel.poke import poke, prompt_ack
+from mosto.agent.kernel.tcpstate import (
+    TcpState,
+    enter_repair,
+    leave_repair,
+    read_state,
+)
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.targets.base import EventReader, SpliceEvent, TableFull, Target
 from mosto.wire import refusal
@@ -70,6 +76,7 @@ class Learning:
     match: FlowKey
     created: float = field(default_factory=time.monotonic)
     remove_at: float | None = None
+    tsval: int | None = None  # the latest TSval read from the entry: it outlives a reset
 
 
 class Agent:
@@ -177,8 +184,8 @@ class Agent:
                 self._add(Entry.learning(flow))
                 self._learning[flow] = Learning(flow)
         # A quiet peer may never send again: make each send one segment now.
-        probe_peer(a)
-        probe_peer(b)
+        prompt_ack(a)
+        prompt_ack(b)
         return {"client": pair.from_client.to_json(), "server": pair.from_server.to_json()}
 
     def hold(self, a: socket.socket, b: socket.socket) -> None:
@@ -190,7 +197,7 @@ class Agent:
     def unhold(self, a: socket.socket, b: socket.socket) -> None:
         self._unhold(pair_of(*self._states(a, b)))
 
-    def _unhold(self, pair) -> None:
+    def _unhold(self, pair: Pair) -> None:
         if self.holds is not None:
             self.holds.release(pair.from_client, pair.from_server)
 
@@ -222,7 +229,7 @@ class Agent:
         if not missing:
             return
         for sock, _ in missing:
-            probe_peer(sock)
+            prompt_ack(sock)
         wait = max(PROBE_WAIT_MIN_S, max(4 * st.info.rtt_us / 1e6 for _, st in missing))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
@@ -231,8 +238,16 @@ class Agent:
             time.sleep(PROBE_POLL_S)
 
     def _learned_tsval(self, flow: FlowKey) -> int | None:
+        """The sender's latest TSval the data plane saw, or the last one read
+        before its entry was reset (a rolled-back hand-over re-installs the
+        learning entry): any TSval the sender used is a safe anchor for PAWS."""
         st = self.target.stats_many([flow]).get(flow)
-        return None if st is None else st.tsval
+        learning = self._learning.get(flow)
+        if st is not None and st.tsval is not None:
+            if learning is not None:
+                learning.tsval = st.tsval
+            return st.tsval
+        return learning.tsval if learning is not None else None
 
     def offload(self, a: socket.socket, b: socket.socket) -> Splice:
         """The hand-over. On success both sockets are left in repair mode, so
@@ -267,11 +282,64 @@ class Agent:
                     self._learned_tsval(pair.from_client),
                     self._learned_tsval(pair.from_server),
                 )
-                return self._install(a, b, pair, to_server_hop, to_client_hop, tsvals)
-        finally:
-            self._unhold(pair)
+                frozen = self.holds is not None and self._held(pair)
+                if frozen:
+                    assert self.holds is not None
+                    self.holds.freeze(pair.from_client, pair.from_server)
+                try:
+                    splice, anchors = self._install(
+                        a, b, pair, to_server_hop, to_client_hop, tsvals
+                    )
+                finally:
+                    if frozen:
+                        assert self.holds is not None
+                        self.holds.thaw(pair.from_client, pair.from_server)
+        except BaseException:
+            if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
+                self._kick(a, b, pair)
+            raise
+        if self._lift_hold(pair):
+            self._kick(a, b, pair, anchors)
+        return splice
 
-    def _install(self, a, b, pair, to_server_hop, to_client_hop, tsvals) -> Splice:
+    def _held(self, pair: Pair) -> bool:
+        return self.holds is not None and any(
+            self.holds.held(f) for f in (pair.from_client, pair.from_server)
+        )
+
+    def _lift_hold(self, pair: Pair) -> bool:
+        """Lifts the pair's hold; True if there was one."""
+        held = self._held(pair)
+        self._unhold(pair)
+        return held
+
+    def _kick(
+        self,
+        a: socket.socket,
+        b: socket.socket,
+        pair: Pair,
+        anchors: tuple[TcpState, TcpState] | None = None,
+    ) -> None:
+        """The hold kept the senders' windows shut: make both peers acknowledge
+        now (poke.py), through the splice if spliced, else to the proxy's
+        sockets, so no sender waits for a retransmission timeout. A spliced
+        pair is poked as its sockets were read for the entries (anchors): a
+        later TS clock could run ahead of the translated peer's TSvals, and the
+        peer would drop those by PAWS."""
+        tsvals = (self._learned_tsval(pair.from_client), self._learned_tsval(pair.from_server))
+        for i, (sock, peer_tsval) in enumerate(((a, tsvals[0]), (b, tsvals[1]))):
+            try:
+                if anchors is not None:
+                    poke(sock, anchors[i], peer_tsval)
+                else:
+                    prompt_ack(sock, peer_tsval)
+            except OSError as exc:  # nothing is lost; a sender may wait for its RTO
+                log.warning("could not prompt a peer to acknowledge: %s", exc)
+
+    def _install(
+        self, a, b, pair, to_server_hop, to_client_hop, tsvals
+    ) -> tuple[Splice, tuple[TcpState, TcpState]]:
+        """The splice, and the two sockets' states its entries were built from."""
         enter_repair(a)
         enter_repair(b)
         try:
@@ -289,7 +357,7 @@ class Agent:
                 if change:
                     raise refusal.StateMoved(f"a socket changed during the hand-over: {change}")
 
-            return self._commit(cs, sc, verify)
+            return self._commit(cs, sc, verify), (r_a, r_b)
         except Exception as exc:
             leave_repair(a)
             leave_repair(b)

@@ -27,6 +27,10 @@ log = logging.getLogger("mosto.proxy")
 
 CHUNK = 256 * 1024
 DRAIN_TIMEOUT_S = 3.0
+# How long a held flow must stay quiet before the offload: past a sender's tail
+# loss probe (Linux sends one 2 RTTs, at least 10 ms, after its last segment),
+# which would otherwise land during the offload and make it refuse.
+QUIET_FOR_S = 0.012
 RETRY_BYTES = 1 << 20  # after a refusal, relay this much more before trying again
 
 
@@ -128,9 +132,12 @@ class Relay:
             while self._pump(0.5):
                 if client and attempts and next_try is not None and self.relayed >= next_try:
                     attempts -= 1
-                    if self._handover(client):
+                    refused = self._handover(client)
+                    if refused is None:
                         return
-                    next_try = self.relayed + RETRY_BYTES
+                    # Data that came in during the attempt: try again at once.
+                    again = refused in ("buffers_not_empty", "state_moved")
+                    next_try = self.relayed + (0 if again else RETRY_BYTES)
         except Exception:
             log.exception("relay failed")
         finally:
@@ -142,36 +149,46 @@ class Relay:
     def _quiet(self) -> bool:
         return all(queued(s) == (0, 0) for s in (self.a, self.b)) and not any(self.pending.values())
 
-    def _handover(self, client: AgentClient) -> bool:
+    def _handover(self, client: AgentClient) -> str | None:
+        """None once handed over, else why not."""
         t0 = time.perf_counter()
         if self.drain:
             client.hold(self.a, self.b)
             if not self._drain(client):
-                return False
+                return "drain_timeout"
         t1 = time.perf_counter()
         try:
             splice = client.offload(self.a, self.b)
         except Refused as exc:  # offload lifts the hold either way
             log.info("hand-over refused (%s): %s", exc.code, exc.message)
             self.stats.refusal(exc.code)
-            return False
+            return exc.code
         t2 = time.perf_counter()
         log.info("handed over as splice %s after %d bytes", splice["id"], self.relayed)
         self.stats.add(handed_over=1)
         with self.stats.lock:
             self.stats.handover_ms.append((t2 - t0) * 1e3)
             self.stats.offload_ms.append((t2 - t1) * 1e3)
-        return True
+        return None
 
     def _drain(self, client: AgentClient) -> bool:
-        """Relays what is queued while the senders are held, until all is acked."""
+        """Relays while the senders are held, until all is acked and nothing has
+        come in for QUIET_FOR_S: a held sender stops only once it has used up
+        the window it last saw, so a moment without data is not yet the end."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while not self._quiet():
-            if time.monotonic() > deadline or not self._pump(0.001):
+        quiet_since: float | None = None
+        while True:
+            now = time.monotonic()
+            if self._quiet():
+                quiet_since = quiet_since or now
+                if now - quiet_since >= QUIET_FOR_S:
+                    return True
+            else:
+                quiet_since = None
+            if now > deadline or not self._pump(QUIET_FOR_S / 4):
                 client.unhold(self.a, self.b)
                 self.stats.refusal("drain_timeout")
                 return False
-        return True
 
 
 class Proxy:

@@ -114,6 +114,8 @@ class Stack:
         """A reference proxy on port; transparent: it takes the clients' connections
         to the server (TPROXY) and connects as the client."""
         stats = self.tmp / f"proxy-{port}.json"
+        if stats.exists():
+            raise ValueError(f"port {port} was used by another proxy of this stack")
         listen = f"[::]:{port}" if v6 else f"0.0.0.0:{port}"
         upstream = f"[{SERVER6}]:{SERVER_PORT}" if v6 else f"{SERVER4}:{SERVER_PORT}"
         cmd = mosto(

@@ -1,11 +1,23 @@
-"""Holding a flow's senders while the proxy drains: the proxy host's netfilter
-drops the data-bearing segments of held flows (pure ACKs, window updates and
-FINs without data still pass), so the proxy's queues empty and stay empty.
-The senders retransmit what was dropped after the hand-over, into the splice.
+"""Holding a flow's senders while the proxy drains, by flow control, not loss:
+the proxy host's netfilter drops the pure ACKs (and window updates) that the
+proxy's own sockets send on held flows. A sender then never sees its window
+move: it sends what the last window it saw allows, the proxy receives all of
+it and relays it, and the sender stops. Nothing is dropped that a sender would
+have to retransmit, so a hand-over costs no retransmission timeout. After the
+splice is active the agent makes each receiver acknowledge through the data
+plane (Agent._kick), which reopens the senders' windows at once.
 
-Holds are elements of two nftables sets; a fixed set of rules (one per TCP
-data offset, since nftables cannot subtract the header length from the IP
-length) drops what carries payload. The rules live in the table `mosto_hold`.
+Segments with data, SYN, FIN or RST still pass. Holds are elements of two
+nftables sets of the proxy's outbound 4-tuples; a fixed set of rules (one per
+TCP data offset, since nftables cannot subtract the header length from the IP
+length) matches what carries no payload. The rules live in the table
+`mosto_hold`.
+
+For the few milliseconds of the offload itself (from reading the sockets to
+verifying them) a held flow is also frozen: its peers' data segments are
+dropped before they reach a socket, so no late segment (a sender's tail loss
+probe, say) can move a socket's state between the read and the entries, which
+would force a rollback after the splice had already carried packets.
 
 Why nftables and not the data plane: it is the proxy host's own kernel, so a
 hold works the same whichever data plane (XDP or a switch) does the splicing.
@@ -29,18 +41,38 @@ class HoldError(Exception):
     pass
 
 
+PURE_ACK = "tcp flags & (fin | syn | rst) == 0"
+
+
 def _rules() -> list[str]:
+    rules = []
+    for doff in range(TCP_DOFF_MIN, TCP_DOFF_MAX + 1):
+        hdr = 4 * doff
+        rules.append(
+            f"add rule inet {TABLE} output ip hdrlength 5 @th,96,4 {doff} "
+            f"ip length {IPV4_HLEN + hdr} {PURE_ACK} "
+            f"ip saddr . ip daddr . tcp sport . tcp dport @held4 counter drop"
+        )
+        rules.append(
+            f"add rule inet {TABLE} output @th,96,4 {doff} ip6 length {hdr} {PURE_ACK} "
+            f"ip6 saddr . ip6 daddr . tcp sport . tcp dport @held6 counter drop"
+        )
+    return rules
+
+
+def _freeze_rules() -> list[str]:
+    """Data-bearing segments to a frozen flow are dropped (inbound 4-tuples)."""
     rules = []
     for doff in range(TCP_DOFF_MIN, TCP_DOFF_MAX + 1):
         hdr = 4 * doff
         rules.append(
             f"add rule inet {TABLE} prerouting ip hdrlength 5 @th,96,4 {doff} "
             f"ip length > {IPV4_HLEN + hdr} "
-            f"ip saddr . ip daddr . tcp sport . tcp dport @held4 counter drop"
+            f"ip saddr . ip daddr . tcp sport . tcp dport @frozen4 counter drop"
         )
         rules.append(
             f"add rule inet {TABLE} prerouting @th,96,4 {doff} ip6 length > {hdr} "
-            f"ip6 saddr . ip6 daddr . tcp sport . tcp dport @held6 counter drop"
+            f"ip6 saddr . ip6 daddr . tcp sport . tcp dport @frozen6 counter drop"
         )
     return rules
 
@@ -58,14 +90,21 @@ class Holds:
             "\n".join(
                 [
                     f"add table inet {TABLE}",
-                    # raw priority: before conntrack and before the socket sees anything
-                    f"add chain inet {TABLE} prerouting "
-                    "{ type filter hook prerouting priority -300; }",
+                    # raw priority: before conntrack sees the ACK
+                    f"add chain inet {TABLE} output {{ type filter hook output priority -300; }}",
                     f"add set inet {TABLE} held4 {{ type ipv4_addr . ipv4_addr . inet_service . "
                     "inet_service; }",
                     f"add set inet {TABLE} held6 {{ type ipv6_addr . ipv6_addr . inet_service . "
                     "inet_service; }",
                     *_rules(),
+                    # raw priority: before conntrack, and before any socket sees the data
+                    f"add chain inet {TABLE} prerouting "
+                    "{ type filter hook prerouting priority -300; }",
+                    f"add set inet {TABLE} frozen4 {{ type ipv4_addr . ipv4_addr . "
+                    "inet_service . inet_service; }",
+                    f"add set inet {TABLE} frozen6 {{ type ipv6_addr . ipv6_addr . "
+                    "inet_service . inet_service; }",
+                    *_freeze_rules(),
                 ]
             )
         )
@@ -76,9 +115,20 @@ class Holds:
             raise HoldError(f"nft: {err.strip()}")
         return out
 
-    def _element(self, flow: FlowKey) -> str:
-        s = "held4" if flow.family == 4 else "held6"
-        return f"inet {TABLE} {s} {{ {flow.src} . {flow.dst} . {flow.sport} . {flow.dport} }}"
+    def _element(self, flow: FlowKey, frozen: bool = False) -> str:
+        """The set element of an inbound flow: for a hold its reverse (what the
+        proxy sends), for a freeze the flow itself."""
+        key, name = (flow, "frozen") if frozen else (flow.reversed(), "held")
+        s = f"{name}{key.family}"
+        return f"inet {TABLE} {s} {{ {key.src} . {key.dst} . {key.sport} . {key.dport} }}"
+
+    def freeze(self, *flows: FlowKey) -> None:
+        with self._lock:
+            self._run("\n".join(f"add element {self._element(f, True)}" for f in flows))
+
+    def thaw(self, *flows: FlowKey) -> None:
+        with self._lock:
+            self._run("\n".join(f"delete element {self._element(f, True)}" for f in flows))
 
     def hold(self, *flows: FlowKey) -> None:
         """Holds the flows, in one nftables transaction."""
@@ -102,10 +152,10 @@ class Holds:
             return flow in self._held
 
     def dropped(self) -> int:
-        """Segments dropped by holds since the table was made."""
+        """The proxy's ACKs held back since the table was made."""
         self._nft.set_json_output(True)
         try:
-            out = json.loads(self._run(f"list chain inet {TABLE} prerouting"))
+            out = json.loads(self._run(f"list chain inet {TABLE} output"))
         finally:
             self._nft.set_json_output(False)
         total = 0

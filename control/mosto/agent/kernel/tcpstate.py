@@ -121,11 +121,3 @@ def enter_repair(sock: socket.socket) -> None:
 def leave_repair(sock: socket.socket) -> None:
     """Back to normal operation, without the window probe a plain exit sends."""
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
-
-
-def probe_peer(sock: socket.socket) -> None:
-    """Makes the peer send us a segment: leaving repair mode the plain way sends
-    a window probe (an old sequence number), which the peer answers with an
-    ACK carrying its current TSval."""
-    enter_repair(sock)
-    sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
