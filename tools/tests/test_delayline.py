@@ -374,3 +374,36 @@ def test_sigterm_stops_it_with_its_counters(built):
     assert link.counters["ab"]["forwarded"] >= 10
     assert link.counters["ba"]["forwarded"] >= 10
     assert link.counters["ab"]["left"] == 0
+
+
+def _offloads(ns, ifname: str) -> dict[str, str]:
+    out = ns.sh("ethtool", "-k", ifname).stdout
+    pairs = (line.split(":", 1) for line in out.splitlines()[1:] if ":" in line)
+    return {k.strip(): v.split()[0] for k, v in pairs}
+
+
+@pytest.mark.needs_root
+def test_xdp_ready_offloads(built):
+    """What faces a proxy sends it plain frames (no TSO, checksums done);
+    the client and server keep TSO; GRO is on everywhere."""
+    with wan([LinkSpec(1), LinkSpec(0), LinkSpec(1)]) as ch:
+        link0, link2 = ch.links[0].ns, ch.links[2].ns
+        sides = [
+            (ch.client, "c0", True),
+            (link0, "la", True),
+            (link0, "lb", False),  # toward the InP
+            (ch.proxies[0], "pc", False),
+            (ch.proxies[0], "ps", False),
+            (ch.proxies[1], "pc", False),
+            (ch.proxies[1], "ps", False),
+            (link2, "la", False),  # toward the EgP
+            (link2, "lb", True),
+            (ch.server, "s0", True),
+        ]
+        for ns, ifname, tso in sides:
+            k = _offloads(ns, ifname)
+            where = f"{ns.name} {ifname}"
+            # (not the summary line: 6.18's tx-tcp-accecn-segmentation stays on)
+            for feature in ("tx-tcp-segmentation", "tx-tcp6-segmentation"):
+                assert k[feature] == ("on" if tso else "off"), f"{where} {feature}"
+            assert k["generic-receive-offload"] == "on", where
