@@ -140,9 +140,10 @@ def bulk_cases() -> list[tuple[str, list[LinkSpec], bool]]:
         ("delay line, 0 ms", [LinkSpec(NO_DELAY_MS)], True),
         ("10 ms RTT", [LinkSpec(5)], True),
         ("50 ms RTT", [LinkSpec(half)], True),
-        ("50 ms RTT, TSO (--no-xdp)", [LinkSpec(half)], False),
         ("50 ms RTT, --one-thread", [LinkSpec(half, extra=one_thread)], True),
         ("200 ms RTT", [LinkSpec(100)], True),
+        ("1 proxy, 2 links, 50 ms RTT", [LinkSpec(half / 2)] * 2, True),
+        ("1 proxy, 2 links, 50 ms RTT, TSO", [LinkSpec(half / 2)] * 2, False),
         ("3 proxies, 4 links, 50 ms RTT", chain_specs, True),
         ("3 proxies, 4 links, 50 ms RTT, TSO", chain_specs, False),
     ]
