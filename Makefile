@@ -18,11 +18,16 @@ deps: .venv/.mosto-installed
 .venv/.mosto-installed: pyproject.toml tools/install-deps.sh
 	./tools/install-deps.sh
 
-build: deps $(BPF_OBJS)
+build: deps $(BPF_OBJS) build/delayline
 
 build/%.bpf.o: ebpf/%.bpf.c $(BPF_HDRS)
 	@mkdir -p build
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+# The user-space delay line for WAN topologies (tools/delayline/README.md)
+build/delayline: tools/delayline/delayline.c
+	@mkdir -p build
+	$(CC) -O2 -g -std=gnu11 -Wall -Wextra -Werror -pthread $< -o $@
 
 lint: deps
 	.venv/bin/ruff check control ebpf ptf_tests tools
