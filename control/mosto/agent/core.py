@@ -19,10 +19,22 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mosto.agent import trust
+from mosto.agent.flowlock import FlowLocks
 from mosto.agent.handover import build_entries, check_options, check_quiet, moved, pair_of
+from mosto.agent.kernel import sockinfo
 from mosto.agent.kernel.hold import Holds
 from mosto.agent.kernel.netinfo import NoRoute, next_hop
-from mosto.agent.kernel.tcpstate import TcpState, enter_repair, leave_repair, probe_peer, read_state
+from mosto.agent.kernel.neutral import Reservation, neutralise, no_queue, reserve
+from mosto.agent.kernel.tcpstate import (
+    TCP_ESTABLISHED,
+    TcpState,
+    enter_repair,
+    leave_repair,
+    probe_peer,
+    read_state,
+)
+from mosto.agent.trust import TRUSTED, Caller
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.targets.base import EventReader, SpliceEvent, TableFull, Target
 from mosto.wire import refusal
@@ -33,11 +45,42 @@ TCP_FIN, TCP_RST = 0x01, 0x04
 SETTLE_S = 0.002  # after install, for packets already past the data plane to land
 PROBE_WAIT_MIN_S = 0.02  # for a probed peer's answer (or 4 RTTs, if longer)
 PROBE_POLL_S = 0.001
+HOLD_TIMEOUT_S = 5.0  # a proxy drains in well under a second; a hold must not outlive it
 
 
 def _out_flow(e: Entry) -> FlowKey:
     """The flow a translated packet leaves as."""
     return e.rewrite or e.match
+
+
+def _matches(s: Splice) -> tuple[FlowKey, FlowKey]:
+    return s.to_server.match, s.to_client.match
+
+
+def _reserve_end(match: FlowKey) -> Reservation | None:
+    """The proxy's end of an inbound flow: bound to its destination, connected to its source."""
+    family = socket.AF_INET if match.family == 4 else socket.AF_INET6
+    return reserve(family, (str(match.dst), match.dport), (str(match.src), match.sport))
+
+
+@dataclass
+class Quotas:
+    """Per-uid limits (root has none): entries of each kind one uid may have."""
+
+    learning: int = 8192
+    held: int = 256
+    splices: int = 8192
+
+
+@dataclass
+class Held:
+    """A held flow: whose, until when, and its socket's ends (to see it end)."""
+
+    owner: int
+    conn: int
+    deadline: float
+    family: int
+    state: TcpState
 
 
 @dataclass
@@ -50,6 +93,7 @@ class Splice:
     fin_from_server: bool = False
     remove_at: float | None = None  # set once the flow has ended
     end_reason: str = ""
+    owner: int | None = None  # the uid that spliced it; unknown after a restart
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +113,7 @@ class Learning:
     match: FlowKey
     created: float = field(default_factory=time.monotonic)
     remove_at: float | None = None
+    owner: int | None = None  # the uid that registered it; unknown after a restart
 
 
 class Agent:
@@ -90,9 +135,10 @@ class Agent:
         self._lock = threading.RLock()
         self._splices: dict[int, Splice] = {}
         self._learning: dict[FlowKey, Learning] = {}
-        self._watchers: list[queue.Queue] = []
+        self._watchers: list[tuple[Any, int | None]] = []
         self.results: Counter[str] = Counter()  # hand-overs by outcome
         self.latencies: list[float] = []  # seconds, successful hand-overs
+        self._init_trust()
         self._rebuild()
 
     # -- state from the target ---------------------------------------------
@@ -127,23 +173,41 @@ class Agent:
                 len(self._learning),
             )
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: dict[str, Any], owner: int | None = None) -> None:
+        """To every watcher allowed to see the splice's events (owner: its uid;
+        by default the owner of the splice the event names)."""
         event["time"] = time.time()
-        for q in list(self._watchers):
-            q.put(event)
+        if owner is None:
+            ref = event.get("splice")
+            found = self._splices.get(ref["id"] if isinstance(ref, dict) else ref)  # type: ignore[arg-type]
+            owner = found.owner if found else None
+        for q, only in list(self._watchers):
+            if only is None or only == owner:
+                q.put(event)
 
-    def watch(self) -> queue.Queue:
-        q: queue.Queue = queue.Queue()
+    def watch(self, q: Any = None, caller: Caller = TRUSTED) -> Any:
+        """A queue (or q, anything with put()) that gets the events caller may see."""
+        q = queue.Queue() if q is None else q
         with self._lock:
-            self._watchers.append(q)
+            self._watchers.append((q, None if caller.sees_all else caller.uid))
         return q
 
-    def unwatch(self, q: queue.Queue) -> None:
+    def unwatch(self, q: Any) -> None:
         with self._lock:
-            if q in self._watchers:
-                self._watchers.remove(q)
+            self._watchers = [w for w in self._watchers if w[0] is not q]
 
     # -- requests -----------------------------------------------------------
+    # Every request takes the Caller it comes from (TRUSTED: in-process). A flow
+    # belongs to the uid that registered, held or spliced it; only that uid or
+    # root may act on it, and others see only their own.
+
+    def _init_trust(self) -> None:
+        self.quotas = Quotas()
+        self.hold_timeout = HOLD_TIMEOUT_S
+        self._flow_locks = FlowLocks()
+        self._held: dict[FlowKey, Held] = {}
+        self._reservations: dict[int, list[Reservation]] = {}
+        self.results_by_uid: dict[int, Counter[str]] = {}
 
     @staticmethod
     def _tcp_state(sock: socket.socket, name: str) -> TcpState:
@@ -153,43 +217,127 @@ class Agent:
             or sock.proto not in (0, socket.IPPROTO_TCP)
         ):
             raise refusal.NotTcp(f"the {name} descriptor is not a TCP socket")
+        trust.check_socket(sock, name)
         try:
             sock.getpeername()
         except OSError:
             raise refusal.NotConnected(f"the {name} socket is not connected") from None
-        return read_state(sock)
+        state = read_state(sock)
+        trust.check_local(sock, state, name)
+        return state
 
     def _states(self, a: socket.socket, b: socket.socket) -> tuple[TcpState, TcpState]:
-        return self._tcp_state(a, "client"), self._tcp_state(b, "server")
+        states = self._tcp_state(a, "client"), self._tcp_state(b, "server")
+        trust.check_distinct(a, b)
+        return states
 
-    def register(self, a: socket.socket, b: socket.socket) -> dict[str, Any]:
+    def _check_owner(self, caller: Caller, *flows: FlowKey) -> None:
+        if caller.root:
+            return
+        for flow in flows:
+            learn, held = self._learning.get(flow), self._held.get(flow)
+            owners = {learn.owner if learn else None, held.owner if held else None}
+            owners |= {s.owner for s in self._splices.values() if flow in _matches(s)}
+            if owners - {None, caller.uid}:
+                raise refusal.NotOwner(f"{flow} belongs to another user")
+
+    def _count(self, caller: Caller, what: str) -> int:
+        pool: Any = {"learning": self._learning, "held": self._held, "splices": self._splices}
+        return sum(1 for item in pool[what].values() if item.owner == caller.uid)
+
+    def _check_quota(self, caller: Caller, what: str, adding: int) -> None:
+        if caller.root:
+            return
+        limit = getattr(self.quotas, what)
+        if self._count(caller, what) + adding > limit:
+            raise refusal.LimitReached(f"uid {caller.uid} has its {limit} {what} entries already")
+
+    def register(
+        self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED
+    ) -> dict[str, Any]:
         """Learning entries for both inbound directions (for the TSvals)."""
         pair = pair_of(*self._states(a, b))
-        with self._lock:
-            for flow in (pair.from_client, pair.from_server):
-                self._require_free(flow)
-            for flow in (pair.from_client, pair.from_server):
-                self._add(Entry.learning(flow))
-                self._learning[flow] = Learning(flow)
-        # A quiet peer may never send again: make each send one segment now.
-        probe_peer(a)
-        probe_peer(b)
+        with self._flow_locks.locked(pair.from_client, pair.from_server):
+            with self._lock:
+                self._check_owner(caller, pair.from_client, pair.from_server)
+                new = [f for f in (pair.from_client, pair.from_server) if f not in self._learning]
+                self._check_quota(caller, "learning", len(new))
+                for flow in (pair.from_client, pair.from_server):
+                    self._require_free(flow)
+                for flow in (pair.from_client, pair.from_server):
+                    self._add(Entry.learning(flow))
+                    self._learning[flow] = Learning(flow, owner=caller.uid)
+            # A quiet peer may never send again: make each send one segment now.
+            probe_peer(a)
+            probe_peer(b)
         return {"client": pair.from_client.to_json(), "server": pair.from_server.to_json()}
 
-    def hold(self, a: socket.socket, b: socket.socket) -> None:
+    def hold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
         if self.holds is None:
             raise refusal.BadRequest("this agent runs without holds (--no-hold)")
-        pair = pair_of(*self._states(a, b))
-        self.holds.hold(pair.from_client)
-        self.holds.hold(pair.from_server)
+        s_a, s_b = self._states(a, b)
+        pair = pair_of(s_a, s_b)
+        with self._flow_locks.locked(pair.from_client, pair.from_server):
+            with self._lock:
+                self._check_owner(caller, pair.from_client, pair.from_server)
+                new = [f for f in (pair.from_client, pair.from_server) if f not in self._held]
+                self._check_quota(caller, "held", len(new))
+                deadline = time.monotonic() + self.hold_timeout
+                for flow, sock, st in ((pair.from_client, a, s_a), (pair.from_server, b, s_b)):
+                    self._held[flow] = Held(caller.uid, caller.conn, deadline, sock.family, st)
+            self.holds.hold(pair.from_client)
+            self.holds.hold(pair.from_server)
 
-    def unhold(self, a: socket.socket, b: socket.socket) -> None:
-        self._unhold(pair_of(*self._states(a, b)))
+    def unhold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
+        pair = pair_of(*self._states(a, b))
+        with self._flow_locks.locked(pair.from_client, pair.from_server):
+            with self._lock:
+                self._check_owner(caller, pair.from_client, pair.from_server)
+            self._unhold(pair)
 
     def _unhold(self, pair) -> None:
+        with self._lock:
+            for flow in (pair.from_client, pair.from_server):
+                self._held.pop(flow, None)
         if self.holds is not None:
             self.holds.release(pair.from_client)
             self.holds.release(pair.from_server)
+
+    def _drop_holds(self, flows: list[FlowKey], why: str) -> None:
+        with self._lock:
+            for flow in flows:
+                self._held.pop(flow, None)
+        if self.holds is not None:
+            for flow in flows:
+                self.holds.release(flow)
+        if flows:
+            log.info("%d holds lifted: %s", len(flows), why)
+
+    def drop_caller(self, caller: Caller) -> None:
+        """The caller's agent connection closed: its holds go with it."""
+        with self._lock:
+            mine = [f for f, h in self._held.items() if h.conn == caller.conn]
+        self._drop_holds(mine, f"connection of uid {caller.uid} closed")
+
+    def expire_holds(self) -> None:
+        """Holds past their timeout, and holds whose connection is no longer
+        established (the flow ended, or the proxy closed its socket)."""
+        now = time.monotonic()
+        with self._lock:
+            held = list(self._held.items())
+        expired = [f for f, h in held if now >= h.deadline]
+        ended = []
+        for flow, h in held:
+            if flow in expired:
+                continue
+            try:
+                found = sockinfo.diag(h.family, h.state.local, h.state.peer)
+            except sockinfo.DiagError:
+                continue
+            if found is None or found.state != TCP_ESTABLISHED:
+                ended.append(flow)
+        self._drop_holds(expired, "timed out")
+        self._drop_holds(ended, "flow ended")
 
     def _require_free(self, flow: FlowKey) -> None:
         for s in self._splices.values():
@@ -202,7 +350,7 @@ class Agent:
         except TableFull as exc:
             raise refusal.TableFull(str(exc)) from None
 
-    def _await_tsvals(self, sides) -> None:
+    def _await_tsvals(self, sides, owner: int | None = None) -> None:
         """Probes the peers whose TSval the data plane has not learned yet and
         gives the answers a few RTTs to arrive. A flow that was never registered,
         or whose learning entry idled out, gets one now."""
@@ -210,7 +358,7 @@ class Agent:
             for _, _, flow in sides:
                 if flow not in self._learning and self.target.entry_id(flow) is None:
                     self._add(Entry.learning(flow))
-                    self._learning[flow] = Learning(flow)
+                    self._learning[flow] = Learning(flow, owner=owner)
         missing = [
             (sock, st)
             for sock, st, flow in sides
@@ -231,47 +379,63 @@ class Agent:
         st = self.target.stats_many([flow]).get(flow)
         return None if st is None else st.tsval
 
-    def offload(self, a: socket.socket, b: socket.socket) -> Splice:
-        """The hand-over. On success both sockets are left in repair mode, so
-        closing them sends nothing; on refusal they are as they were."""
+    def offload(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> Splice:
+        """The hand-over. On success both sockets are closed without a packet
+        (neutralised) and the agent keeps the four-tuples; on refusal they are
+        as they were."""
         t0 = time.perf_counter()
+        mine = self.results_by_uid.setdefault(caller.uid, Counter())
         try:
-            splice = self._offload(a, b)
+            splice = self._offload(a, b, caller)
         except refusal.Refused as exc:
             self.results[exc.code] += 1
+            mine[exc.code] += 1
             raise
         self.results["ok"] += 1
+        mine["ok"] += 1
         self.latencies.append(time.perf_counter() - t0)
-        self._emit({"event": "spliced", "splice": splice.to_json()})
+        self._emit({"event": "spliced", "splice": splice.to_json()}, splice.owner)
         return splice
 
-    def _offload(self, a: socket.socket, b: socket.socket) -> Splice:
-        s_a, s_b = self._states(a, b)
-        pair = pair_of(s_a, s_b)
-        try:
-            check_quiet(s_a, s_b)
-            check_options(s_a, s_b)
+    def _offload(self, a: socket.socket, b: socket.socket, caller: Caller) -> Splice:
+        pair = pair_of(*self._states(a, b))
+        with self._flow_locks.locked(pair.from_client, pair.from_server):
             try:
-                to_server_hop, to_client_hop = next_hop(s_b.peer[0]), next_hop(s_a.peer[0])
-            except NoRoute as exc:
-                raise refusal.NoRoute(str(exc)) from None
-            if s_a.info.timestamps:
-                self._await_tsvals(((a, s_a, pair.from_client), (b, s_b, pair.from_server)))
-            with self._lock:
-                for flow in (pair.from_client, pair.from_server):
-                    self._require_free(flow)
-                tsvals = (
-                    self._learned_tsval(pair.from_client),
-                    self._learned_tsval(pair.from_server),
-                )
-                return self._install(a, b, pair, to_server_hop, to_client_hop, tsvals)
-        finally:
-            self._unhold(pair)
+                s_a, s_b = self._states(a, b)  # again, now that no other request runs
+                with self._lock:
+                    self._check_owner(caller, pair.from_client, pair.from_server)
+                    self._check_quota(caller, "splices", 1)
+                trust.check_auth(a, s_a, "client")
+                trust.check_auth(b, s_b, "server")
+                check_quiet(s_a, s_b)
+                check_options(s_a, s_b)
+                try:
+                    to_server_hop, to_client_hop = next_hop(s_b.peer[0]), next_hop(s_a.peer[0])
+                except NoRoute as exc:
+                    raise refusal.NoRoute(str(exc)) from None
+                if s_a.info.timestamps:
+                    sides = ((a, s_a, pair.from_client), (b, s_b, pair.from_server))
+                    self._await_tsvals(sides, caller.uid)
+                with self._lock:
+                    for flow in (pair.from_client, pair.from_server):
+                        self._require_free(flow)
+                    tsvals = (
+                        self._learned_tsval(pair.from_client),
+                        self._learned_tsval(pair.from_server),
+                    )
+                    splice = self._install(a, b, pair, to_server_hop, to_client_hop, tsvals)
+                    splice.owner = caller.uid
+                    return splice
+            finally:
+                self._unhold(pair)
 
     def _install(self, a, b, pair, to_server_hop, to_client_hop, tsvals) -> Splice:
-        enter_repair(a)
-        enter_repair(b)
+        entered: list[socket.socket] = []  # repair is only ever switched off on these
+        reservations: list[Reservation] = []
         try:
+            for sock in (a, b):
+                enter_repair(sock)
+                entered.append(sock)
             r_a, r_b = read_state(a, repair=True), read_state(b, repair=True)
             check_quiet(r_a, r_b)
             cs, sc = (
@@ -285,11 +449,27 @@ class Agent:
                 change = moved(r_a, v_a) or moved(r_b, v_b)
                 if change:
                     raise refusal.StateMoved(f"a socket changed during the hand-over: {change}")
+                # Bound before the originals go, so the ports never look free.
+                for sock, st in ((a, v_a), (b, v_b)):
+                    reservations.append(
+                        Reservation(sock.family, sock.getsockname(), st.snd_nxt, st.rcv_nxt)
+                    )
+                peers = [sock.getpeername() for sock in (a, b)]
+                for sock in (a, b):
+                    neutralise(sock)
+                    entered.remove(sock)  # out of repair, and closed: nothing to give back
+                for r, peer in zip(reservations, peers, strict=True):
+                    r.connect(peer)
 
-            return self._commit(cs, sc, verify)
+            splice = self._commit(cs, sc, verify)
+            self._reservations[splice.id] = reservations
+            return splice
         except Exception as exc:
-            leave_repair(a)
-            leave_repair(b)
+            for r in reservations:
+                r.close()
+            for sock in entered:
+                no_queue(sock)
+                leave_repair(sock)
             if isinstance(exc, refusal.Refused):
                 raise
             log.exception("hand-over failed")
@@ -323,6 +503,18 @@ class Agent:
         log.info("splice %d: %s <-> %s", splice_id, cs.match, _out_flow(cs))
         return splice
 
+    def reserve_rebuilt(self) -> int:
+        """Reservations for splices a previous agent left (its sockets died with it)."""
+        made = 0
+        with self._lock:
+            for s in self._splices.values():
+                if s.id in self._reservations:
+                    continue
+                got = [_reserve_end(e.match) for e in (s.to_server, s.to_client)]
+                self._reservations[s.id] = [r for r in got if r is not None]
+                made += len(self._reservations[s.id])
+        return made
+
     def _on_port(self, entry: Entry) -> Entry:
         if self.port_map is None:
             return entry
@@ -333,16 +525,24 @@ class Agent:
             )
         return replace(entry, egress=self.port_map[entry.egress])
 
-    def release(self, splice_id: int, reason: str = "released") -> dict[str, Any]:
+    def release(
+        self, splice_id: int, reason: str = "released", caller: Caller = TRUSTED
+    ) -> dict[str, Any]:
         with self._lock:
-            splice = self._splices.pop(splice_id, None)
-            if splice is None:
+            splice = self._splices.get(splice_id)
+            if splice is None or not (caller.sees_all or splice.owner == caller.uid):
                 raise refusal.NotFound(f"no splice {splice_id}")
+            if not caller.root and splice.owner != caller.uid:
+                raise refusal.NotOwner(f"splice {splice_id} belongs to another user")
+            del self._splices[splice_id]
             stats = self._splice_stats(splice)
             self.target.delete(splice.to_server.match)
             self.target.delete(splice.to_client.match)
+            for r in self._reservations.pop(splice_id, []):
+                r.close()
         log.info("splice %d removed: %s", splice_id, reason)
-        self._emit({"event": "removed", "splice": splice_id, "reason": reason, **stats})
+        event = {"event": "removed", "splice": splice_id, "reason": reason, **stats}
+        self._emit(event, splice.owner)
         return stats
 
     def _splice_stats(self, splice: Splice) -> dict[str, Any]:
@@ -353,21 +553,33 @@ class Agent:
             out[name] = {"packets": st.packets, "bytes": st.bytes} if st else None
         return out
 
-    def list(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [s.to_json() for s in sorted(self._splices.values(), key=lambda s: s.id)]
+    def _visible(self, caller: Caller) -> list[Splice]:
+        return [
+            s
+            for s in sorted(self._splices.values(), key=lambda s: s.id)
+            if caller.sees_all or s.owner == caller.uid
+        ]
 
-    def stats(self) -> dict[str, Any]:
+    def list(self, caller: Caller = TRUSTED) -> list[dict[str, Any]]:
         with self._lock:
-            splices = [
-                {**s.to_json(), **self._splice_stats(s)}
-                for s in sorted(self._splices.values(), key=lambda s: s.id)
-            ]
+            return [s.to_json() for s in self._visible(caller)]
+
+    def stats(self, caller: Caller = TRUSTED) -> dict[str, Any]:
+        """Everything for root and admins; a caller's own splices, learning
+        entries and hand-overs otherwise (the data plane's counters are global)."""
+        with self._lock:
+            splices = [{**s.to_json(), **self._splice_stats(s)} for s in self._visible(caller)]
+            if caller.sees_all:
+                return {
+                    "splices": splices,
+                    "learning": len(self._learning),
+                    "handovers": dict(self.results),
+                    "counters": self.target.counters(),
+                }
             return {
                 "splices": splices,
-                "learning": len(self._learning),
-                "handovers": dict(self.results),
-                "counters": self.target.counters(),
+                "learning": self._count(caller, "learning"),
+                "handovers": dict(self.results_by_uid.get(caller.uid, {})),
             }
 
     # -- lifecycle ----------------------------------------------------------
