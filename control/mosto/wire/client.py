@@ -6,7 +6,7 @@
     client.hold(conn_a, conn_b)            # bulk flows: stop the senders' data
     (relay what is queued; wait until both sockets' send queues are acked)
     splice = client.offload(conn_a, conn_b)  # raises a mosto.wire.refusal.Refused
-    conn_a.close(); conn_b.close()         # the agent disconnected them: nothing is sent
+    conn_a.close(); conn_b.close()         # neutralised by the agent: nothing is sent
 
 conn_a is the connection to the client, conn_b the one to the server.
 """
