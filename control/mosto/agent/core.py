@@ -21,7 +21,7 @@ from typing import Any
 
 from mosto.agent import trust
 from mosto.agent.flowlock import FlowLocks
-from mosto.agent.handover import build_entries, check_options, check_quiet, moved, pair_of
+from mosto.agent.handover import Pair, build_entries, check_options, check_quiet, moved, pair_of
 from mosto.agent.kernel import sockinfo
 from mosto.agent.kernel.hold import Holds
 from mosto.agent.kernel.netinfo import NoRoute, next_hop
@@ -231,6 +231,26 @@ class Agent:
         trust.check_distinct(a, b)
         return states
 
+    @staticmethod
+    def _flows(a: socket.socket, b: socket.socket) -> Pair:
+        """The flows to lock, from the addresses alone: the other checks run under
+        the lock (a concurrent request of ours may have the sockets in repair mode)."""
+        ends = []
+        for sock, name in ((a, "client"), (b, "server")):
+            if (
+                sock.family not in (socket.AF_INET, socket.AF_INET6)
+                or sock.type != socket.SOCK_STREAM
+            ):
+                raise refusal.NotTcp(f"the {name} descriptor is not a TCP socket")
+            try:
+                ends.append(
+                    (sockinfo.endpoint(sock.getsockname()), sockinfo.endpoint(sock.getpeername()))
+                )
+            except OSError:
+                raise refusal.NotConnected(f"the {name} socket is not connected") from None
+        (la, pa), (lb, pb) = ends
+        return Pair(FlowKey(pa[0], la[0], pa[1], la[1]), FlowKey(pb[0], lb[0], pb[1], lb[1]))
+
     def _check_owner(self, caller: Caller, *flows: FlowKey) -> None:
         if caller.root:
             return
@@ -256,8 +276,9 @@ class Agent:
         self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED
     ) -> dict[str, Any]:
         """Learning entries for both inbound directions (for the TSvals)."""
-        pair = pair_of(*self._states(a, b))
+        pair = self._flows(a, b)
         with self._flow_locks.locked(pair.from_client, pair.from_server):
+            pair = pair_of(*self._states(a, b))
             with self._lock:
                 self._check_owner(caller, pair.from_client, pair.from_server)
                 new = [f for f in (pair.from_client, pair.from_server) if f not in self._learning]
@@ -275,9 +296,10 @@ class Agent:
     def hold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
         if self.holds is None:
             raise refusal.BadRequest("this agent runs without holds (--no-hold)")
-        s_a, s_b = self._states(a, b)
-        pair = pair_of(s_a, s_b)
+        pair = self._flows(a, b)
         with self._flow_locks.locked(pair.from_client, pair.from_server):
+            s_a, s_b = self._states(a, b)
+            pair = pair_of(s_a, s_b)
             with self._lock:
                 self._check_owner(caller, pair.from_client, pair.from_server)
                 new = [f for f in (pair.from_client, pair.from_server) if f not in self._held]
@@ -289,8 +311,9 @@ class Agent:
             self.holds.hold(pair.from_server)
 
     def unhold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
-        pair = pair_of(*self._states(a, b))
+        pair = self._flows(a, b)
         with self._flow_locks.locked(pair.from_client, pair.from_server):
+            pair = pair_of(*self._states(a, b))
             with self._lock:
                 self._check_owner(caller, pair.from_client, pair.from_server)
             self._unhold(pair)
@@ -398,12 +421,14 @@ class Agent:
         return splice
 
     def _offload(self, a: socket.socket, b: socket.socket, caller: Caller) -> Splice:
-        pair = pair_of(*self._states(a, b))
+        pair = self._flows(a, b)
         with self._flow_locks.locked(pair.from_client, pair.from_server):
+            s_a, s_b = self._states(a, b)
+            pair = pair_of(s_a, s_b)
+            with self._lock:  # before the try: a refusal lifts the hold, but only the owner's
+                self._check_owner(caller, pair.from_client, pair.from_server)
             try:
-                s_a, s_b = self._states(a, b)  # again, now that no other request runs
                 with self._lock:
-                    self._check_owner(caller, pair.from_client, pair.from_server)
                     self._check_quota(caller, "splices", 1)
                 trust.check_auth(a, s_a, "client")
                 trust.check_auth(b, s_b, "server")
