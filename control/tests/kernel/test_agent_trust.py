@@ -9,6 +9,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -205,3 +206,49 @@ def test_tcp_md5_connections_are_seen_and_refused():
         q.close()
     for s in (srv, c, a):
         s.close()
+
+
+NOT_LOCAL_SCRIPT = """
+import socket, subprocess, time
+from mosto.agent.trust import LOCAL_CACHE_S
+from mosto.agent.core import Agent
+from mosto.targets.memory import MemoryTarget
+from mosto.wire import refusal
+for cmd in ("ip link set lo up", "ip addr add 10.98.0.1/32 dev lo",
+            "ip addr add 10.98.0.2/32 dev lo"):
+    subprocess.run(cmd.split(), check=True)
+srv = socket.create_server(("10.98.0.1", 7000))
+ends = []
+for _ in range(2):
+    c = socket.socket()
+    c.bind(("10.98.0.2", 0))
+    c.connect(("10.98.0.1", 7000))
+    ends.append((c, srv.accept()[0]))
+agent = Agent(MemoryTarget())
+agent.register(ends[0][0], ends[1][0])
+print("local", flush=True)
+subprocess.run("ip addr del 10.98.0.2/32 dev lo".split(), check=True)
+time.sleep(LOCAL_CACHE_S + 0.1)  # the agent caches the answer that long
+try:
+    agent.register(ends[0][0], ends[1][0])
+    print("accepted")
+except refusal.Refused as exc:
+    print(exc.code)
+"""
+
+
+def test_a_socket_whose_local_address_is_not_this_hosts_is_refused():
+    """The connection outlived its address (as one made with IP_FREEBIND would
+    never have had it): the agent's namespace, so the answer is not_local."""
+    name = f"mosto-trust-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        out = subprocess.run(
+            ["ip", "netns", "exec", name, sys.executable, "-c", NOT_LOCAL_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+    assert out.stdout.split() == ["local", "not_local"], out.stderr
