@@ -285,9 +285,14 @@ class Agent:
                 self._check_quota(caller, "learning", len(new))
                 for flow in (pair.from_client, pair.from_server):
                     self._require_free(flow)
-                for flow in (pair.from_client, pair.from_server):
+                # Registered again: keep the entry, and the TSval it may have learned
+                # (a peer answers probes only twice a second: tcp_invalid_ratelimit).
+                for flow in new:
                     self._add(Entry.learning(flow))
                     self._learning[flow] = Learning(flow, owner=caller.uid)
+                for flow in (pair.from_client, pair.from_server):
+                    if self._learning[flow].owner is None:  # rebuilt: whoever proves it
+                        self._learning[flow].owner = caller.uid
             # A quiet peer may never send again: make each send one segment now.
             probe_peer(a)
             probe_peer(b)
@@ -483,8 +488,13 @@ class Agent:
                 for sock in (a, b):
                     neutralise(sock)
                     entered.remove(sock)  # out of repair, and closed: nothing to give back
-                for r, peer in zip(reservations, peers, strict=True):
-                    r.connect(peer)
+                for r, peer in list(zip(reservations, peers, strict=True)):
+                    try:
+                        r.connect(peer)
+                    except OSError as exc:  # the flow is the data plane's now: keep it
+                        log.warning("four-tuple to %s not reserved: %s", peer, exc.strerror)
+                        r.close()
+                        reservations.remove(r)
 
             splice = self._commit(cs, sc, verify)
             self._reservations[splice.id] = reservations
