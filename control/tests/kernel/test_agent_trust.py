@@ -17,9 +17,10 @@ import uuid
 import pytest
 
 from mosto.agent import trust
-from mosto.agent.core import Agent
+from mosto.agent.core import Agent, Quotas
 from mosto.agent.kernel import neutral, sockinfo
 from mosto.agent.kernel.tcpstate import TCP_QUEUE_SEQ, enter_repair, read_state
+from mosto.agent.trust import Caller
 from mosto.targets.memory import MemoryTarget
 from mosto.wire import refusal
 
@@ -211,7 +212,7 @@ def test_tcp_md5_connections_are_seen_and_refused():
 NOT_LOCAL_SCRIPT = """
 import socket, subprocess, time
 from mosto.agent.trust import LOCAL_CACHE_S
-from mosto.agent.core import Agent
+from mosto.agent.core import Agent, Quotas
 from mosto.targets.memory import MemoryTarget
 from mosto.wire import refusal
 for cmd in ("ip link set lo up", "ip addr add 10.98.0.1/32 dev lo",
@@ -252,3 +253,17 @@ def test_a_socket_whose_local_address_is_not_this_hosts_is_refused():
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
     assert out.stdout.split() == ["local", "not_local"], out.stderr
+
+
+def test_learning_entries_are_limited_per_uid_and_root_is_not(listener):
+    agent = Agent(MemoryTarget())
+    agent.quotas = Quotas(learning=2)
+    alice = Caller(1001, conn=1)
+    pairs = [_pair(listener) for _ in range(6)]
+    ends = [accepted for _, accepted in pairs]
+    agent.register(ends[0], ends[1], alice)
+    with pytest.raises(refusal.LimitReached, match="uid 1001"):
+        agent.register(ends[2], ends[3], alice)
+    agent.register(ends[2], ends[3], Caller(0))  # root: no quota
+    agent.register(ends[4], ends[5], Caller(1002))  # another uid has its own
+    assert agent.stats(alice)["learning"] == 2 and agent.stats()["learning"] == 6
