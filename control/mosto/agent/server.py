@@ -17,6 +17,7 @@ import logging
 import os
 import pwd
 import queue
+import select
 import selectors
 import socket
 import stat
@@ -271,7 +272,10 @@ class AgentServer:
             self._close(conn)
             return
         if doc is None:
-            self._close(conn)
+            if _peer_gone(conn.sock):
+                self._close(conn)
+            else:  # a datagram of zero bytes reads like an EOF, but the peer is there
+                self._answer(conn, [_error(refusal.BadRequest("an empty message"))])
             return
         if conn.watching:  # a watcher has nothing more to ask
             for fd in fds:
@@ -434,6 +438,12 @@ class AgentServer:
                     task()
                 except Exception:
                     log.exception("%s", task.__name__)
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    p = select.poll()
+    p.register(sock, select.POLLRDHUP)
+    return any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in p.poll(0))
 
 
 def _error(exc: refusal.Refused) -> dict[str, Any]:

@@ -176,6 +176,7 @@ def malformed(args) -> dict:
     cases: list[tuple[str, bytes, list]] = [
         ("not-json-with-fds", b"\x00garbage", [tcp, r]),
         ("empty-with-fds", b"", [tcp, r]),
+        ("empty", b"", []),
         ("array-with-fds", b"[1,2]", [tcp, tcp]),
         ("tcp-and-pipe", b'{"op":"offload"}', [tcp, r]),
         ("pipe-and-tcp", b'{"op":"register"}', [r, tcp]),

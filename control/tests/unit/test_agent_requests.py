@@ -138,6 +138,12 @@ def test_malformed_message_with_descriptors_gets_bad_request_and_no_leak(server,
     b.close()
 
 
+def test_an_empty_datagram_without_descriptors_is_a_bad_request_not_an_eof(server):
+    with _connect(server) as s:
+        assert _ask(s, b"")["error"] == "bad_request"
+        assert _ask(s, b'{"op":"list"}')["ok"] is True
+
+
 def test_pipelined_requests_are_answered_in_order_and_echo_their_id(server):
     with _connect(server) as s:
         for i in range(20):
