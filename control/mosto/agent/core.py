@@ -45,6 +45,7 @@ TCP_FIN, TCP_RST = 0x01, 0x04
 SETTLE_S = 0.002  # after install, for packets already past the data plane to land
 PROBE_WAIT_MIN_S = 0.02  # for a probed peer's answer (or 4 RTTs, if longer)
 PROBE_POLL_S = 0.001
+_SPLICE_OWNER = object()  # _emit: look the owner up (a removed splice's id may be reused)
 HOLD_TIMEOUT_S = 5.0  # a proxy drains in well under a second; a hold must not outlive it
 
 
@@ -173,11 +174,11 @@ class Agent:
                 len(self._learning),
             )
 
-    def _emit(self, event: dict[str, Any], owner: int | None = None) -> None:
-        """To every watcher allowed to see the splice's events (owner: its uid;
-        by default the owner of the splice the event names)."""
+    def _emit(self, event: dict[str, Any], owner: Any = _SPLICE_OWNER) -> None:
+        """To every watcher allowed to see the splice's events (owner: its uid, or
+        None if unknown; by default the owner of the splice the event names)."""
         event["time"] = time.time()
-        if owner is None:
+        if owner is _SPLICE_OWNER:
             ref = event.get("splice")
             found = self._splices.get(ref["id"] if isinstance(ref, dict) else ref)  # type: ignore[arg-type]
             owner = found.owner if found else None
