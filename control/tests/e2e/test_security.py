@@ -180,7 +180,9 @@ def test_in_the_agents_namespace_the_attacker_has_no_repair_and_no_victim(stack,
 
 def test_another_uids_registered_flow_cannot_be_held_or_offloaded(stack, tmp_path):
     """Item 1: the sockets of a flow uid 4242 registered, handed to uid 65534."""
-    path = tempfile.mktemp(prefix="mosto-share-", dir="/tmp")
+    shared = Path(tempfile.mkdtemp(prefix="mosto-share-"))
+    shared.chmod(0o777)  # ours: the victim uid binds its socket in it
+    path = str(shared / "fds.sock")
     sharer, first = spawn_attack(
         stack, "share", "--path", path, "--server", SERVER, "--seconds", "5", uid=VICTIM
     )
@@ -190,8 +192,7 @@ def test_another_uids_registered_flow_cannot_be_held_or_offloaded(stack, tmp_pat
     finally:
         sharer.kill()
         sharer.wait()
-        if os.path.exists(path):
-            os.unlink(path)
+        subprocess.run(["rm", "-rf", str(shared)], check=False)
     assert out == {
         "register": "not_owner",
         "hold": "not_owner",
