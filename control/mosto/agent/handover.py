@@ -3,7 +3,7 @@
 A is the proxy's connection to the client, B its connection to the server.
 With both buffers empty, a client packet continues on B with
 seq' = seq + (B.snd_nxt - A.rcv_nxt) and ack' = ack + (B.rcv_nxt - A.snd_nxt);
-the other direction uses the negated deltas (../shared/MISSION.md).
+the other direction uses the negated deltas.
 """
 
 from __future__ import annotations
@@ -83,14 +83,18 @@ def build_entries(
 ) -> tuple[Entry, Entry]:
     """The client->server and server->client entries. States are read in repair
     mode; TSvals are any value each peer sent (the learned ones)."""
-    assert None not in (a.snd_nxt, a.rcv_nxt, b.snd_nxt, b.rcv_nxt)
+    if a.snd_nxt is None or a.rcv_nxt is None or b.snd_nxt is None or b.rcv_nxt is None:
+        raise ValueError("build_entries needs states read in repair mode")
     seq_cs = (b.snd_nxt - a.rcv_nxt) % U32
     ack_cs = (b.rcv_nxt - a.snd_nxt) % U32
-    ts_cs = ts_sc = (None, None)
+    ts_cs: tuple[int | None, int | None] = (None, None)
+    ts_sc: tuple[int | None, int | None] = (None, None)
     if a.info.timestamps:
         if client_tsval is None or server_tsval is None:
             who = "client" if client_tsval is None else "server"
             raise refusal.TimestampsUnknown(f"no TSval from the {who} seen yet")
+        if a.ts_clock is None or b.ts_clock is None:
+            raise ValueError("timestamps on, but a socket's TS clock was not read")
         # Translated clocks start at our own sockets' clocks now, so they never
         # go back for PAWS: a TSval learned earlier is a lower bound of the peer's.
         d_cs = (b.ts_clock - client_tsval) % U32

@@ -432,12 +432,19 @@ class AgentServer:
                 ring.poll(200)
 
     def _reap_loop(self) -> None:
+        last_scan = time.monotonic()
         while not self._stop.wait(REAP_INTERVAL_S):
-            for task in (self.agent.reap, self.agent.expire_holds):
-                try:
-                    task()
-                except Exception:
-                    log.exception("%s", task.__name__)
+            scan = time.monotonic() - last_scan >= self.agent.idle_scan_interval()
+            try:
+                self.agent.reap(scan_idle=scan)
+            except Exception:
+                log.exception("reaper")
+            if scan:
+                last_scan = time.monotonic()
+            try:
+                self.agent.expire_holds()
+            except Exception:
+                log.exception("holds")
 
 
 def _peer_gone(sock: socket.socket) -> bool:

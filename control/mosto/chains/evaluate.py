@@ -34,7 +34,8 @@ MARK_BEGIN, MARK_END = "<!-- eval:begin -->", "<!-- eval:end -->"
 
 
 def default_maps() -> Path:
-    return Path(__file__).resolve().parents[4] / "shared" / "data" / "rocketfuel"
+    """The Rocketfuel maps of this checkout (data/rocketfuel/)."""
+    return Path(__file__).resolve().parents[3] / "data" / "rocketfuel"
 
 
 @dataclass
@@ -50,7 +51,10 @@ class PairCosts:
     def concat(parts: list[PairCosts]) -> PairCosts:
         def join(field: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
             return {
-                r: tuple(np.concatenate([getattr(p, field)[r][k] for p in parts]) for k in (0, 1))
+                r: (
+                    np.concatenate([getattr(p, field)[r][0] for p in parts]),
+                    np.concatenate([getattr(p, field)[r][1] for p in parts]),
+                )
                 for r in ROUNDS
             }
 
@@ -69,7 +73,10 @@ def evaluate(topology: Topology) -> PairCosts:
         raise ValueError("evaluation expects a shortest-path mesh (a Rocketfuel map)")
     tree = [m[s, t] for m in _tree_paths(topology.rtt_us)]
     wide = [m[s, t] for m in _widest_paths(topology.rtt_us)]
-    ours, shortest, minimax, widest = {}, {}, {}, {}
+    ours: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    shortest: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    minimax: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    widest: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for r in ROUNDS:
         shortest[r] = (twice_cost(direct, direct, r), np.full(len(s), 2))
         minimax[r] = (twice_cost(tree[0], tree[1], r), tree[2])

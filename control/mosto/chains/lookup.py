@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # numpy is not imported at run time: `mosto chains lookup` needs none
+    import numpy as np
+
+IntOrArray = TypeVar("IntOrArray", int, "np.ndarray")
 
 DEFAULT_ICW = 10  # segments, RFC 6928, as in the paper
 DEFAULT_MSS = 1460  # bytes
@@ -24,8 +30,9 @@ def rounds_for_size(size: int, icw: int = DEFAULT_ICW, mss: int = DEFAULT_MSS) -
     return rounds
 
 
-def twice_cost(sum_us: int, max_us: int, rounds: int) -> int:
-    """2 x (0.5 * sum + (rounds - 1) * max), in integer microseconds: exact, so ties are ties."""
+def twice_cost(sum_us: IntOrArray, max_us: IntOrArray, rounds: int) -> IntOrArray:
+    """2 x (0.5 * sum + (rounds - 1) * max), in integer microseconds: exact, so ties
+    are ties. Works on ints and element-wise on integer arrays."""
     return sum_us + 2 * (rounds - 1) * max_us
 
 

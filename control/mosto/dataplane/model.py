@@ -97,9 +97,10 @@ def _options(buf: bytearray, start: int, length: int, entry: Entry) -> int | Non
             if size != 10:
                 raise _Untranslatable("bad timestamp length")
             (tsval,) = struct.unpack_from("!I", buf, start + off + 2)
-            if entry.timestamps and not entry.learn:
-                _add32(buf, start + off + 2, entry.tsval_delta)
-                _add32(buf, start + off + 6, entry.tsecr_delta)
+            if entry.tsval_delta is not None and entry.tsecr_delta is not None:
+                if not entry.learn:
+                    _add32(buf, start + off + 2, entry.tsval_delta)
+                    _add32(buf, start + off + 6, entry.tsecr_delta)
         off += size
     return tsval
 
@@ -165,7 +166,8 @@ def splice(frame: bytes, table: Mapping[FlowKey, Entry]) -> Outcome:
     counter, l3, l4, ver = _parse(frame)
     if counter:
         return Outcome(Verdict.PASS, frame, counter)
-    entry = table.get(flow_of(frame))
+    flow = flow_of(frame)
+    entry = table.get(flow) if flow is not None else None
     if entry is None:
         return Outcome(Verdict.PASS, frame, "pass_miss")
     event = frame[l4 + 13] & (TCP_FIN | TCP_RST)

@@ -96,7 +96,7 @@ class Relay:
         ready = sel.select(timeout) if sel.get_map() else []
         sel.close()
         for key, _ in ready:
-            s = key.fileobj
+            s = self.a if key.fileobj is self.a else self.b
             try:
                 data = s.recv(CHUNK)
             except ConnectionError:

@@ -10,7 +10,7 @@ from scapy.utils import checksum
 
 
 def _decode(frame: bytes) -> str:
-    return Ether(frame).show2(dump=True)
+    return str(Ether(frame).show2(dump=True))
 
 
 def explain_mismatch(expected: bytes, actual: bytes) -> str:
