@@ -35,9 +35,26 @@ def listener():
     srv.close()
 
 
-def _pair(srv: socket.socket) -> tuple[socket.socket, socket.socket]:
+@pytest.fixture(params=["127.0.0.1", "::1", "::ffff:127.0.0.1"], ids=["v4", "v6", "v4-mapped"])
+def any_listener(request):
+    """v4-mapped: an IPv6 socket talking IPv4 (a proxy listening on [::])."""
+    host = request.param
+    if host == "::ffff:127.0.0.1":
+        srv = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+        to = ("::ffff:127.0.0.1", srv.getsockname()[1])  # the connecting end is mapped
+    else:
+        try:
+            srv = socket.create_server((host, 0), family=socket.getaddrinfo(host, 0)[0][0])
+        except OSError as exc:
+            pytest.skip(f"no {host} here: {exc.strerror}")
+        to = srv.getsockname()[:2]
+    yield srv, to
+    srv.close()
+
+
+def _pair(srv: socket.socket, to: tuple | None = None) -> tuple[socket.socket, socket.socket]:
     """(the connecting end, the accepted end)."""
-    c = socket.create_connection(srv.getsockname())
+    c = socket.create_connection(to or srv.getsockname()[:2])
     a, _ = srv.accept()
     return c, a
 
@@ -62,18 +79,26 @@ class Tap:
                 f = self.sock.recv(65535)
             except BlockingIOError:
                 return seen
-            if len(f) >= 38 and struct.unpack_from("!H", f, 12)[0] == 0x0800 and f[23] == 6:
-                sport, dport = struct.unpack_from("!HH", f, 14 + (f[14] & 0xF) * 4)
-                if self.port in (sport, dport):
-                    seen.append(f)
+            kind = struct.unpack_from("!H", f, 12)[0] if len(f) >= 58 else 0
+            if kind == 0x0800 and f[23] == 6:
+                l4 = 14 + (f[14] & 0xF) * 4
+            elif kind == 0x86DD and f[20] == 6:
+                l4 = 54
+            else:
+                continue
+            if self.port in struct.unpack_from("!HH", f, l4):
+                seen.append(f)
 
     def close(self) -> None:
         self.sock.close()
 
 
-def test_neutralised_socket_sends_nothing_keeps_the_peer_and_the_tuple(listener):
-    proxy, peer = _pair(listener)
+def test_neutralised_socket_sends_nothing_keeps_the_peer_and_the_tuple(any_listener):
+    proxy, peer = _pair(*any_listener)
     local, remote = proxy.getsockname(), proxy.getpeername()
+    assert proxy.family == (
+        socket.AF_INET if "." in local[0] and ":" not in local[0] else socket.AF_INET6
+    )
     tap = Tap(local[1])
     time.sleep(0.05)
     tap.frames()  # the handshake
@@ -89,7 +114,7 @@ def test_neutralised_socket_sends_nothing_keeps_the_peer_and_the_tuple(listener)
     proxy.close()
     # The four-tuple is taken while the reservation lives, with or without SO_REUSEADDR.
     for reuse in (0, 1):
-        with socket.socket() as s:
+        with socket.socket(proxy.family) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
             with pytest.raises(OSError) as exc:
                 s.bind(local)
@@ -103,7 +128,7 @@ def test_neutralised_socket_sends_nothing_keeps_the_peer_and_the_tuple(listener)
     assert tap.frames() == []
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     peer.close()  # the flow ends (an RST: the accepted end is gone at once)
-    with socket.socket() as s:
+    with socket.socket(proxy.family) as s:
         s.bind(local)
         s.connect(remote)  # free again
     tap.close()
