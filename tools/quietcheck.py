@@ -5,6 +5,7 @@ data plane's own (XDP-redirected) frames bypass packet taps, so whatever this
 sees came from the proxy host's sockets.
 
     quietcheck.py pc ps --out /tmp/fin-rst.json
+    quietcheck.py pc ps --all --out /tmp/tcp.json   # every TCP segment, with its time
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 ETH_P_ALL = 0x0003
 TCP_FIN, TCP_RST = 0x01, 0x04
 
 
-def tcp_fin_rst(frame: bytes) -> dict | None:
-    """src/dst/ports/flags of an Ethernet frame carrying TCP with FIN or RST."""
+def tcp_fin_rst(frame: bytes, every: bool = False) -> dict | None:
+    """src/dst/ports/flags of an Ethernet frame carrying TCP with FIN or RST
+    (every: any TCP segment)."""
     proto = struct.unpack_from("!H", frame, 12)[0]
     if proto == 0x0800 and frame[23] == 6:
         l4 = 14 + (frame[14] & 0xF) * 4
@@ -37,7 +40,7 @@ def tcp_fin_rst(frame: bytes) -> dict | None:
         return None
     sport, dport = struct.unpack_from("!HH", frame, l4)
     flags = frame[l4 + 13]
-    if not flags & (TCP_FIN | TCP_RST):
+    if not every and not flags & (TCP_FIN | TCP_RST):
         return None
     return {"src": src, "dst": dst, "sport": sport, "dport": dport, "flags": flags}
 
@@ -46,6 +49,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("interfaces", nargs="+")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--all", action="store_true", help="every TCP segment, not only FIN/RST")
     args = parser.parse_args()
     sel = selectors.DefaultSelector()
     for ifname in args.interfaces:
@@ -66,9 +70,9 @@ def main() -> int:
             frame, addr = key.fileobj.recvfrom(65535)
             if addr[2] != socket.PACKET_OUTGOING:
                 continue
-            hit = tcp_fin_rst(frame)
+            hit = tcp_fin_rst(frame, args.all)
             if hit:
-                seen.append({**hit, "interface": addr[0]})
+                seen.append({**hit, "interface": addr[0], "time": time.time()})
     with open(args.out, "w") as f:
         json.dump(seen, f)
     return 0

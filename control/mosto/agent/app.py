@@ -5,12 +5,15 @@ and (if asked) its metrics endpoint, wired together from one AgentConfig.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 from dataclasses import dataclass, field
 
-from mosto.agent.core import Agent
+import mosto
+from mosto.agent import sockdir
+from mosto.agent.core import HOLD_TIMEOUT_S, Agent, Quotas
 from mosto.agent.kernel.hold import HoldError, Holds
-from mosto.agent.server import AgentServer
+from mosto.agent.server import AgentServer, Limits
 from mosto.targets.base import Target, TargetError
 
 log = logging.getLogger("mosto.agent")
@@ -39,6 +42,10 @@ class AgentConfig:
     grace: float = 2.0
     hold: bool = True
     metrics: str | None = None  # [HOST:]PORT
+    admin_group: str | None = None  # sees every flow in list/stats/watch
+    hold_timeout: float = HOLD_TIMEOUT_S
+    limits: Limits = field(default_factory=Limits)
+    quotas: Quotas = field(default_factory=Quotas)
 
 
 def open_target(cfg: AgentConfig) -> tuple[Target, dict[str, int] | None]:
@@ -85,21 +92,52 @@ def _serve_metrics(agent: Agent, where: str) -> None:
     start_http_server(int(port), addr=host or "127.0.0.1")
 
 
+def _raise_fd_limit() -> None:
+    """Each splice keeps two reservation sockets, each connection one descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(cfg: AgentConfig) -> int:
     """Serves until SIGTERM or SIGINT. Entries and XDP stay when it stops:
-    spliced flows outlive the agent, and a new one picks them up."""
+    spliced flows outlive the agent, and a new one picks them up. Holds do
+    not: the hold table goes with the agent (and a new agent starts a fresh one)."""
+    log.info("mosto from %s", mosto.__file__)
     try:
+        sockdir.prepare(cfg.socket)  # before anything is attached
         target, port_map = open_target(cfg)
         holds = Holds() if cfg.hold else None
-    except (TargetError, HoldError) as exc:
+    except (TargetError, HoldError, sockdir.UnsafeDirectory) as exc:
         raise ConfigError(str(exc)) from None
+    _raise_fd_limit()
     agent = Agent(target, holds, idle_timeout=cfg.idle_timeout, grace=cfg.grace, port_map=port_map)
-    server = AgentServer(agent, cfg.socket, cfg.socket_mode, cfg.owner, cfg.group)
+    agent.quotas = cfg.quotas
+    agent.hold_timeout = cfg.hold_timeout
+    kept = agent.reserve_rebuilt()
+    if kept:
+        log.info("%d four-tuples of rebuilt splices reserved", kept)
+    try:
+        server = AgentServer(
+            agent,
+            cfg.socket,
+            cfg.socket_mode,
+            cfg.owner,
+            cfg.group,
+            limits=cfg.limits,
+            admin_group=cfg.admin_group,
+        )
+    except (sockdir.UnsafeDirectory, KeyError) as exc:
+        raise ConfigError(str(exc).strip("'\"")) from None
     if cfg.metrics:
         _serve_metrics(agent, cfg.metrics)
     signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
     signal.signal(signal.SIGINT, lambda *_: server.shutdown())
     log.info("serving on %s", cfg.socket)
-    server.serve_forever()
-    log.info("stopped; entries stay in the data plane")
+    try:
+        server.serve_forever()
+    finally:
+        if holds is not None:
+            holds.close()
+    log.info("stopped; entries stay in the data plane, holds are lifted")
     return 0

@@ -19,16 +19,22 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from mosto.agent import trust
+from mosto.agent.flowlock import FlowLocks
 from mosto.agent.handover import Pair, build_entries, check_options, check_quiet, moved, pair_of
+from mosto.agent.kernel import sockinfo
 from mosto.agent.kernel.hold import Holds
 from mosto.agent.kernel.netinfo import NoRoute, next_hop
-from mosto.agent.kernel.poke import poke, prompt_ack
+from mosto.agent.kernel.neutral import Reservation, neutralise, no_queue, reserve
+from mosto.agent.kernel.poke import poke, prompt_ack, receive_window
 from mosto.agent.kernel.tcpstate import (
+    TCP_ESTABLISHED,
     TcpState,
     enter_repair,
     leave_repair,
     read_state,
 )
+from mosto.agent.trust import TRUSTED, Caller
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.targets.base import EventReader, SpliceEvent, TableFull, Target
 from mosto.wire import refusal
@@ -39,12 +45,47 @@ TCP_FIN, TCP_RST = 0x01, 0x04
 SETTLE_S = 0.002  # after install, for packets already past the data plane to land
 PROBE_WAIT_MIN_S = 0.02  # for a probed peer's answer (or 4 RTTs, if longer)
 PROBE_POLL_S = 0.001
+_SPLICE_OWNER = object()  # _emit: look the owner up (a removed splice's id may be reused)
+HOLD_TIMEOUT_S = 5.0  # a proxy drains in well under a second; a hold must not outlive it
 IDLE_SCAN_MIN_S, IDLE_SCAN_MAX_S = 0.25, 30.0
+
+# A spliced socket as it was read for the entries, and the window it offered then.
+Anchors = tuple[tuple[TcpState, int], tuple[TcpState, int]]
 
 
 def _out_flow(e: Entry) -> FlowKey:
     """The flow a translated packet leaves as."""
     return e.rewrite or e.match
+
+
+def _matches(s: Splice) -> tuple[FlowKey, FlowKey]:
+    return s.to_server.match, s.to_client.match
+
+
+def _reserve_end(match: FlowKey) -> Reservation | None:
+    """The proxy's end of an inbound flow: bound to its destination, connected to its source."""
+    family = socket.AF_INET if match.family == 4 else socket.AF_INET6
+    return reserve(family, (str(match.dst), match.dport), (str(match.src), match.sport))
+
+
+@dataclass
+class Quotas:
+    """Per-uid limits (root has none): entries of each kind one uid may have."""
+
+    learning: int = 8192
+    held: int = 256
+    splices: int = 8192
+
+
+@dataclass
+class Held:
+    """A held flow: whose, until when, and its socket's ends (to see it end)."""
+
+    owner: int
+    conn: int
+    deadline: float
+    family: int
+    state: TcpState
 
 
 @dataclass
@@ -57,6 +98,7 @@ class Splice:
     fin_from_server: bool = False
     remove_at: float | None = None  # set once the flow has ended
     end_reason: str = ""
+    owner: int | None = None  # the uid that spliced it; unknown after a restart
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +118,7 @@ class Learning:
     match: FlowKey
     created: float = field(default_factory=time.monotonic)
     remove_at: float | None = None
+    owner: int | None = None  # the uid that registered it; unknown after a restart
     tsval: int | None = None  # the latest TSval read from the entry: it outlives a reset
 
 
@@ -98,9 +141,10 @@ class Agent:
         self._lock = threading.RLock()
         self._splices: dict[int, Splice] = {}
         self._learning: dict[FlowKey, Learning] = {}
-        self._watchers: list[queue.Queue] = []
+        self._watchers: list[tuple[Any, int | None]] = []
         self.results: Counter[str] = Counter()  # hand-overs by outcome
         self.latencies: list[float] = []  # seconds, successful hand-overs
+        self._init_trust()
         self._rebuild()
 
     # -- state from the target ---------------------------------------------
@@ -139,23 +183,41 @@ class Agent:
                 len(self._learning),
             )
 
-    def _emit(self, event: dict[str, Any]) -> None:
+    def _emit(self, event: dict[str, Any], owner: Any = _SPLICE_OWNER) -> None:
+        """To every watcher allowed to see the splice's events (owner: its uid, or
+        None if unknown; by default the owner of the splice the event names)."""
         event["time"] = time.time()
-        for q in list(self._watchers):
-            q.put(event)
+        if owner is _SPLICE_OWNER:
+            ref = event.get("splice")
+            found = self._splices.get(ref["id"] if isinstance(ref, dict) else ref)  # type: ignore[arg-type]
+            owner = found.owner if found else None
+        for q, only in list(self._watchers):
+            if only is None or only == owner:
+                q.put(event)
 
-    def watch(self) -> queue.Queue:
-        q: queue.Queue = queue.Queue()
+    def watch(self, q: Any = None, caller: Caller = TRUSTED) -> Any:
+        """A queue (or q, anything with put()) that gets the events caller may see."""
+        q = queue.Queue() if q is None else q
         with self._lock:
-            self._watchers.append(q)
+            self._watchers.append((q, None if caller.sees_all else caller.uid))
         return q
 
-    def unwatch(self, q: queue.Queue) -> None:
+    def unwatch(self, q: Any) -> None:
         with self._lock:
-            if q in self._watchers:
-                self._watchers.remove(q)
+            self._watchers = [w for w in self._watchers if w[0] is not q]
 
     # -- requests -----------------------------------------------------------
+    # Every request takes the Caller it comes from (TRUSTED: in-process). A flow
+    # belongs to the uid that registered, held or spliced it; only that uid or
+    # root may act on it, and others see only their own.
+
+    def _init_trust(self) -> None:
+        self.quotas = Quotas()
+        self.hold_timeout = HOLD_TIMEOUT_S
+        self._flow_locks = FlowLocks()
+        self._held: dict[FlowKey, Held] = {}
+        self._reservations: dict[int, list[Reservation]] = {}
+        self.results_by_uid: dict[int, Counter[str]] = {}
 
     @staticmethod
     def _tcp_state(sock: socket.socket, name: str) -> TcpState:
@@ -165,41 +227,152 @@ class Agent:
             or sock.proto not in (0, socket.IPPROTO_TCP)
         ):
             raise refusal.NotTcp(f"the {name} descriptor is not a TCP socket")
+        trust.check_socket(sock, name)
         try:
             sock.getpeername()
         except OSError:
             raise refusal.NotConnected(f"the {name} socket is not connected") from None
-        return read_state(sock)
+        state = read_state(sock)
+        trust.check_local(sock, state, name)
+        return state
 
     def _states(self, a: socket.socket, b: socket.socket) -> tuple[TcpState, TcpState]:
-        return self._tcp_state(a, "client"), self._tcp_state(b, "server")
+        states = self._tcp_state(a, "client"), self._tcp_state(b, "server")
+        trust.check_distinct(a, b)
+        return states
 
-    def register(self, a: socket.socket, b: socket.socket) -> dict[str, Any]:
+    @staticmethod
+    def _flows(a: socket.socket, b: socket.socket) -> Pair:
+        """The flows to lock, from the addresses alone: the other checks run under
+        the lock (a concurrent request of ours may have the sockets in repair mode)."""
+        ends = []
+        for sock, name in ((a, "client"), (b, "server")):
+            if (
+                sock.family not in (socket.AF_INET, socket.AF_INET6)
+                or sock.type != socket.SOCK_STREAM
+            ):
+                raise refusal.NotTcp(f"the {name} descriptor is not a TCP socket")
+            try:
+                ends.append(
+                    (sockinfo.endpoint(sock.getsockname()), sockinfo.endpoint(sock.getpeername()))
+                )
+            except OSError:
+                raise refusal.NotConnected(f"the {name} socket is not connected") from None
+        (la, pa), (lb, pb) = ends
+        return Pair(FlowKey(pa[0], la[0], pa[1], la[1]), FlowKey(pb[0], lb[0], pb[1], lb[1]))
+
+    def _check_owner(self, caller: Caller, *flows: FlowKey) -> None:
+        if caller.root:
+            return
+        for flow in flows:
+            learn, held = self._learning.get(flow), self._held.get(flow)
+            owners = {learn.owner if learn else None, held.owner if held else None}
+            owners |= {s.owner for s in self._splices.values() if flow in _matches(s)}
+            if owners - {None, caller.uid}:
+                raise refusal.NotOwner(f"{flow} belongs to another user")
+
+    def _count(self, caller: Caller, what: str) -> int:
+        pool: Any = {"learning": self._learning, "held": self._held, "splices": self._splices}
+        return sum(1 for item in pool[what].values() if item.owner == caller.uid)
+
+    def _check_quota(self, caller: Caller, what: str, adding: int) -> None:
+        if caller.root:
+            return
+        limit = getattr(self.quotas, what)
+        if self._count(caller, what) + adding > limit:
+            raise refusal.LimitReached(f"uid {caller.uid} has its {limit} {what} entries already")
+
+    def register(
+        self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED
+    ) -> dict[str, Any]:
         """Learning entries for both inbound directions (for the TSvals)."""
-        pair = pair_of(*self._states(a, b))
-        with self._lock:
-            for flow in (pair.from_client, pair.from_server):
-                self._require_free(flow)
-            for flow in (pair.from_client, pair.from_server):
-                self._add(Entry.learning(flow))
-                self._learning[flow] = Learning(flow)
-        # A quiet peer may never send again: make each send one segment now.
-        prompt_ack(a)
-        prompt_ack(b)
+        pair = self._flows(a, b)
+        with self._flow_locks.locked(pair.from_client, pair.from_server):
+            pair = pair_of(*self._states(a, b))
+            with self._lock:
+                self._check_owner(caller, pair.from_client, pair.from_server)
+                new = [f for f in (pair.from_client, pair.from_server) if f not in self._learning]
+                self._check_quota(caller, "learning", len(new))
+                for flow in (pair.from_client, pair.from_server):
+                    self._require_free(flow)
+                # Registered again: keep the entry, and the TSval it may have learned
+                # (a peer answers probes only twice a second: tcp_invalid_ratelimit).
+                for flow in new:
+                    self._add(Entry.learning(flow))
+                    self._learning[flow] = Learning(flow, owner=caller.uid)
+                for flow in (pair.from_client, pair.from_server):
+                    if self._learning[flow].owner is None:  # rebuilt: whoever proves it
+                        self._learning[flow].owner = caller.uid
+            # A quiet peer may never send again: make each send one segment now.
+            prompt_ack(a)
+            prompt_ack(b)
         return {"client": pair.from_client.to_json(), "server": pair.from_server.to_json()}
 
-    def hold(self, a: socket.socket, b: socket.socket) -> None:
+    def hold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
         if self.holds is None:
             raise refusal.BadRequest("this agent runs without holds (--no-hold)")
-        pair = pair_of(*self._states(a, b))
-        self.holds.hold(pair.from_client, pair.from_server)
+        pair = self._flows(a, b)
+        with self._flow_locks.locked(pair.from_client, pair.from_server):
+            s_a, s_b = self._states(a, b)
+            pair = pair_of(s_a, s_b)
+            with self._lock:
+                self._check_owner(caller, pair.from_client, pair.from_server)
+                new = [f for f in (pair.from_client, pair.from_server) if f not in self._held]
+                self._check_quota(caller, "held", len(new))
+                deadline = time.monotonic() + self.hold_timeout
+                for flow, sock, st in ((pair.from_client, a, s_a), (pair.from_server, b, s_b)):
+                    self._held[flow] = Held(caller.uid, caller.conn, deadline, sock.family, st)
+            self.holds.hold(pair.from_client, pair.from_server)  # one nftables transaction
 
-    def unhold(self, a: socket.socket, b: socket.socket) -> None:
-        self._unhold(pair_of(*self._states(a, b)))
+    def unhold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
+        pair = self._flows(a, b)
+        with self._flow_locks.locked(pair.from_client, pair.from_server):
+            pair = pair_of(*self._states(a, b))
+            with self._lock:
+                self._check_owner(caller, pair.from_client, pair.from_server)
+            self._unhold(pair)
 
     def _unhold(self, pair: Pair) -> None:
+        with self._lock:
+            for flow in (pair.from_client, pair.from_server):
+                self._held.pop(flow, None)
         if self.holds is not None:
             self.holds.release(pair.from_client, pair.from_server)
+
+    def _drop_holds(self, flows: list[FlowKey], why: str) -> None:
+        with self._lock:
+            for flow in flows:
+                self._held.pop(flow, None)
+        if self.holds is not None and flows:
+            self.holds.release(*flows)
+        if flows:
+            log.info("%d holds lifted: %s", len(flows), why)
+
+    def drop_caller(self, caller: Caller) -> None:
+        """The caller's agent connection closed: its holds go with it."""
+        with self._lock:
+            mine = [f for f, h in self._held.items() if h.conn == caller.conn]
+        self._drop_holds(mine, f"connection of uid {caller.uid} closed")
+
+    def expire_holds(self) -> None:
+        """Holds past their timeout, and holds whose connection is no longer
+        established (the flow ended, or the proxy closed its socket)."""
+        now = time.monotonic()
+        with self._lock:
+            held = list(self._held.items())
+        expired = [f for f, h in held if now >= h.deadline]
+        ended = []
+        for flow, h in held:
+            if flow in expired:
+                continue
+            try:
+                found = sockinfo.diag(h.family, h.state.local, h.state.peer)
+            except sockinfo.DiagError:
+                continue
+            if found is None or found.state != TCP_ESTABLISHED:
+                ended.append(flow)
+        self._drop_holds(expired, "timed out")
+        self._drop_holds(ended, "flow ended")
 
     def _require_free(self, flow: FlowKey) -> None:
         for s in self._splices.values():
@@ -212,7 +385,7 @@ class Agent:
         except TableFull as exc:
             raise refusal.TableFull(str(exc)) from None
 
-    def _await_tsvals(self, sides) -> None:
+    def _await_tsvals(self, sides, owner: int | None = None) -> None:
         """Probes the peers whose TSval the data plane has not learned yet and
         gives the answers a few RTTs to arrive. A flow that was never registered,
         or whose learning entry idled out, gets one now."""
@@ -220,7 +393,7 @@ class Agent:
             for _, _, flow in sides:
                 if flow not in self._learning and self.target.entry_id(flow) is None:
                     self._add(Entry.learning(flow))
-                    self._learning[flow] = Learning(flow)
+                    self._learning[flow] = Learning(flow, owner=owner)
         missing = [
             (sock, st)
             for sock, st, flow in sides
@@ -249,76 +422,91 @@ class Agent:
             return st.tsval
         return learning.tsval if learning is not None else None
 
-    def offload(self, a: socket.socket, b: socket.socket) -> Splice:
-        """The hand-over. On success both sockets are left in repair mode, so
-        closing them sends nothing; on refusal they are as they were."""
+    def offload(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> Splice:
+        """The hand-over. On success both sockets are closed without a packet
+        (neutralised) and the agent keeps the four-tuples; on refusal they are
+        as they were."""
         t0 = time.perf_counter()
+        mine = self.results_by_uid.setdefault(caller.uid, Counter())
         try:
-            splice = self._offload(a, b)
+            splice = self._offload(a, b, caller)
         except refusal.Refused as exc:
             self.results[exc.code] += 1
+            mine[exc.code] += 1
             raise
         self.results["ok"] += 1
+        mine["ok"] += 1
         self.latencies.append(time.perf_counter() - t0)
-        self._emit({"event": "spliced", "splice": splice.to_json()})
+        self._emit({"event": "spliced", "splice": splice.to_json()}, splice.owner)
         return splice
 
-    def _offload(self, a: socket.socket, b: socket.socket) -> Splice:
-        s_a, s_b = self._states(a, b)
-        pair = pair_of(s_a, s_b)
-        try:
-            check_quiet(s_a, s_b)
-            check_options(s_a, s_b)
+    def _offload(self, a: socket.socket, b: socket.socket, caller: Caller) -> Splice:
+        pair = self._flows(a, b)
+        with self._flow_locks.locked(pair.from_client, pair.from_server):
+            s_a, s_b = self._states(a, b)
+            pair = pair_of(s_a, s_b)
+            with self._lock:  # before the try: a refusal lifts the hold, but only the owner's
+                self._check_owner(caller, pair.from_client, pair.from_server)
             try:
-                to_server_hop, to_client_hop = next_hop(s_b.peer[0]), next_hop(s_a.peer[0])
-            except NoRoute as exc:
-                raise refusal.NoRoute(str(exc)) from None
-            if s_a.info.timestamps:
-                self._await_tsvals(((a, s_a, pair.from_client), (b, s_b, pair.from_server)))
-            with self._lock:
-                for flow in (pair.from_client, pair.from_server):
-                    self._require_free(flow)
-                tsvals = (
-                    self._learned_tsval(pair.from_client),
-                    self._learned_tsval(pair.from_server),
-                )
-                frozen = self.holds is not None and self._held(pair)
-                if frozen:
-                    assert self.holds is not None
-                    self.holds.freeze(pair.from_client, pair.from_server)
+                with self._lock:
+                    self._check_quota(caller, "splices", 1)
+                trust.check_auth(a, s_a, "client")
+                trust.check_auth(b, s_b, "server")
+                check_quiet(s_a, s_b)
+                check_options(s_a, s_b)
                 try:
-                    splice, anchors = self._install(
+                    to_server_hop, to_client_hop = next_hop(s_b.peer[0]), next_hop(s_a.peer[0])
+                except NoRoute as exc:
+                    raise refusal.NoRoute(str(exc)) from None
+                if s_a.info.timestamps:
+                    sides = ((a, s_a, pair.from_client), (b, s_b, pair.from_server))
+                    self._await_tsvals(sides, caller.uid)
+                with self._lock:
+                    for flow in (pair.from_client, pair.from_server):
+                        self._require_free(flow)
+                    tsvals = (
+                        self._learned_tsval(pair.from_client),
+                        self._learned_tsval(pair.from_server),
+                    )
+                    splice, anchors = self._frozen_install(
                         a, b, pair, to_server_hop, to_client_hop, tsvals
                     )
-                finally:
-                    if frozen:
-                        assert self.holds is not None
-                        self.holds.thaw(pair.from_client, pair.from_server)
-        except BaseException:
-            if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
-                self._kick(a, b, pair)
-            raise
-        if self._lift_hold(pair):
-            self._kick(a, b, pair, anchors)
-        return splice
+                    splice.owner = caller.uid
+            except BaseException:
+                if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
+                    self._kick(a, b, pair)
+                raise
+            if self._lift_hold(pair):
+                self._kick(a, b, pair, anchors)
+            return splice
 
-    def _held(self, pair: Pair) -> bool:
+    def _frozen_install(self, a, b, pair: Pair, *args) -> tuple[Splice, Anchors]:
+        """_install, with a held pair frozen meanwhile (hold.py: no late data
+        segment can move a socket between its read and the entries)."""
+        frozen = self.holds is not None and self._is_held(pair)
+        if frozen:
+            assert self.holds is not None
+            self.holds.freeze(pair.from_client, pair.from_server)
+        try:
+            return self._install(a, b, pair, *args)
+        finally:
+            if frozen:
+                assert self.holds is not None
+                self.holds.thaw(pair.from_client, pair.from_server)
+
+    def _is_held(self, pair: Pair) -> bool:
         return self.holds is not None and any(
             self.holds.held(f) for f in (pair.from_client, pair.from_server)
         )
 
     def _lift_hold(self, pair: Pair) -> bool:
         """Lifts the pair's hold; True if there was one."""
-        held = self._held(pair)
+        held = self._is_held(pair)
         self._unhold(pair)
         return held
 
     def _kick(
-        self,
-        a: socket.socket,
-        b: socket.socket,
-        pair: Pair,
-        anchors: tuple[TcpState, TcpState] | None = None,
+        self, a: socket.socket, b: socket.socket, pair: Pair, anchors: Anchors | None = None
     ) -> None:
         """The hold kept the senders' windows shut: make both peers acknowledge
         now (poke.py), through the splice if spliced, else to the proxy's
@@ -330,21 +518,24 @@ class Agent:
         for i, (sock, peer_tsval) in enumerate(((a, tsvals[0]), (b, tsvals[1]))):
             try:
                 if anchors is not None:
-                    poke(sock, anchors[i], peer_tsval)
+                    state, window = anchors[i]
+                    poke(state, window, peer_tsval)
                 else:
                     prompt_ack(sock, peer_tsval)
             except OSError as exc:  # nothing is lost; a sender may wait for its RTO
                 log.warning("could not prompt a peer to acknowledge: %s", exc)
 
-    def _install(
-        self, a, b, pair, to_server_hop, to_client_hop, tsvals
-    ) -> tuple[Splice, tuple[TcpState, TcpState]]:
-        """The splice, and the two sockets' states its entries were built from."""
-        enter_repair(a)
-        enter_repair(b)
+    def _install(self, a, b, pair, to_server_hop, to_client_hop, tsvals) -> tuple[Splice, Anchors]:
+        """The splice, and the sockets as its entries were built from them."""
+        entered: list[socket.socket] = []  # repair is only ever switched off on these
+        reservations: list[Reservation] = []
         try:
+            for sock in (a, b):
+                enter_repair(sock)
+                entered.append(sock)
             r_a, r_b = read_state(a, repair=True), read_state(b, repair=True)
             check_quiet(r_a, r_b)
+            anchors = ((r_a, receive_window(a, r_a)), (r_b, receive_window(b, r_b)))
             cs, sc = (
                 self._on_port(e)
                 for e in build_entries(r_a, r_b, to_server_hop, to_client_hop, *tsvals)
@@ -356,11 +547,32 @@ class Agent:
                 change = moved(r_a, v_a) or moved(r_b, v_b)
                 if change:
                     raise refusal.StateMoved(f"a socket changed during the hand-over: {change}")
+                # Bound before the originals go, so the ports never look free.
+                for sock, st in ((a, v_a), (b, v_b)):
+                    reservations.append(
+                        Reservation(sock.family, sock.getsockname(), st.snd_nxt, st.rcv_nxt)
+                    )
+                peers = [sock.getpeername() for sock in (a, b)]
+                for sock in (a, b):
+                    neutralise(sock)
+                    entered.remove(sock)  # out of repair, and closed: nothing to give back
+                for r, peer in list(zip(reservations, peers, strict=True)):
+                    try:
+                        r.connect(peer)
+                    except OSError as exc:  # the flow is the data plane's now: keep it
+                        log.warning("four-tuple to %s not reserved: %s", peer, exc.strerror)
+                        r.close()
+                        reservations.remove(r)
 
-            return self._commit(cs, sc, verify), (r_a, r_b)
+            splice = self._commit(cs, sc, verify)
+            self._reservations[splice.id] = reservations
+            return splice, anchors
         except Exception as exc:
-            leave_repair(a)
-            leave_repair(b)
+            for r in reservations:
+                r.close()
+            for sock in entered:
+                no_queue(sock)
+                leave_repair(sock)
             if isinstance(exc, refusal.Refused):
                 raise
             log.exception("hand-over failed")
@@ -394,6 +606,18 @@ class Agent:
         log.info("splice %d: %s <-> %s", splice_id, cs.match, _out_flow(cs))
         return splice
 
+    def reserve_rebuilt(self) -> int:
+        """Reservations for splices a previous agent left (its sockets died with it)."""
+        made = 0
+        with self._lock:
+            for s in self._splices.values():
+                if s.id in self._reservations:
+                    continue
+                got = [_reserve_end(e.match) for e in (s.to_server, s.to_client)]
+                self._reservations[s.id] = [r for r in got if r is not None]
+                made += len(self._reservations[s.id])
+        return made
+
     def _on_port(self, entry: Entry) -> Entry:
         if self.port_map is None:
             return entry
@@ -404,16 +628,24 @@ class Agent:
             )
         return replace(entry, egress=self.port_map[entry.egress])
 
-    def release(self, splice_id: int, reason: str = "released") -> dict[str, Any]:
+    def release(
+        self, splice_id: int, reason: str = "released", caller: Caller = TRUSTED
+    ) -> dict[str, Any]:
         with self._lock:
-            splice = self._splices.pop(splice_id, None)
-            if splice is None:
+            splice = self._splices.get(splice_id)
+            if splice is None or not (caller.sees_all or splice.owner == caller.uid):
                 raise refusal.NotFound(f"no splice {splice_id}")
+            if not caller.root and splice.owner != caller.uid:
+                raise refusal.NotOwner(f"splice {splice_id} belongs to another user")
+            del self._splices[splice_id]
             stats = self._splice_stats(splice)
             self.target.delete(splice.to_server.match)
             self.target.delete(splice.to_client.match)
+            for r in self._reservations.pop(splice_id, []):
+                r.close()
         log.info("splice %d removed: %s", splice_id, reason)
-        self._emit({"event": "removed", "splice": splice_id, "reason": reason, **stats})
+        event = {"event": "removed", "splice": splice_id, "reason": reason, **stats}
+        self._emit(event, splice.owner)
         return stats
 
     def _splice_stats(self, splice: Splice) -> dict[str, Any]:
@@ -424,21 +656,33 @@ class Agent:
             out[name] = {"packets": st.packets, "bytes": st.bytes} if st else None
         return out
 
-    def list(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [s.to_json() for s in sorted(self._splices.values(), key=lambda s: s.id)]
+    def _visible(self, caller: Caller) -> list[Splice]:
+        return [
+            s
+            for s in sorted(self._splices.values(), key=lambda s: s.id)
+            if caller.sees_all or s.owner == caller.uid
+        ]
 
-    def stats(self) -> dict[str, Any]:
+    def list(self, caller: Caller = TRUSTED) -> list[dict[str, Any]]:
         with self._lock:
-            splices = [
-                {**s.to_json(), **self._splice_stats(s)}
-                for s in sorted(self._splices.values(), key=lambda s: s.id)
-            ]
+            return [s.to_json() for s in self._visible(caller)]
+
+    def stats(self, caller: Caller = TRUSTED) -> dict[str, Any]:
+        """Everything for root and admins; a caller's own splices, learning
+        entries and hand-overs otherwise (the data plane's counters are global)."""
+        with self._lock:
+            splices = [{**s.to_json(), **self._splice_stats(s)} for s in self._visible(caller)]
+            if caller.sees_all:
+                return {
+                    "splices": splices,
+                    "learning": len(self._learning),
+                    "handovers": dict(self.results),
+                    "counters": self.target.counters(),
+                }
             return {
                 "splices": splices,
-                "learning": len(self._learning),
-                "handovers": dict(self.results),
-                "counters": self.target.counters(),
+                "learning": self._count(caller, "learning"),
+                "handovers": dict(self.results_by_uid.get(caller.uid, {})),
             }
 
     # -- lifecycle ----------------------------------------------------------

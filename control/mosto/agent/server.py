@@ -1,27 +1,90 @@
-"""The agent's Unix socket server, its data-plane event loop and reaper, and
-its Prometheus metrics. One thread per proxy connection: hand-overs are
-serialised by the agent's lock, everything else runs side by side."""
+"""The agent's Unix socket server: one event loop (selectors) for every
+connection, a bounded pool of workers for the requests, and the data plane's
+event loop and the reaper beside it.
+
+A connection has one request in flight at most: the loop reads its next
+message only once every page of the answer is queued, so answers come in
+order. Descriptors received are closed exactly once, whatever happens.
+"""
 
 from __future__ import annotations
 
+import collections
+import errno
 import grp
+import itertools
 import logging
 import os
 import pwd
 import queue
+import select
+import selectors
 import socket
+import stat
+import struct
 import threading
 import time
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
+from mosto.agent import paging, requests, sockdir, trust
 from mosto.agent.core import Agent
+from mosto.agent.trust import Caller
 from mosto.wire import protocol, refusal
 
 log = logging.getLogger("mosto.agent")
 
 REAP_INTERVAL_S = 0.5
-FD_OPS = {"register", "hold", "unhold", "offload"}
+ACCEPT_BACKOFF_S = 0.2  # out of descriptors: stop accepting this long, keep serving
+SO_PEERGROUPS = 59
+MAX_GROUPS = 65536
+WATCH_BACKLOG = 10000  # events queued for a watcher that does not read: then it is dropped
+
+
+@dataclass
+class Limits:
+    connections: int = 1024
+    connections_per_uid: int = 256  # root's are not counted
+    workers: int = 16
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    caller: Caller
+    out: collections.deque[bytes] = field(default_factory=collections.deque)
+    busy: bool = False
+    watching: bool = False
+    closed: bool = False
+    wake: _Wake | None = None  # a watcher's sink in the agent
+
+
+class _Wake:
+    """What the agent's watchers and the workers put into: the loop wakes up."""
+
+    def __init__(self, server: AgentServer, conn: _Conn):
+        self._server, self._conn = server, conn
+
+    def put(self, event: dict[str, Any]) -> None:
+        self._server._later(self._conn, [protocol.encode(event)], done=False)
+
+
+def _credentials(conn: socket.socket) -> tuple[int, int, int, tuple[int, ...]]:
+    pid, uid, gid = struct.unpack(
+        "3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    )
+    groups: tuple[int, ...] = ()
+    for room in (64, MAX_GROUPS):  # ERANGE: the peer is in more groups than room
+        try:
+            raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * room)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE:
+                continue
+            break
+        groups = struct.unpack(f"{len(raw) // 4}I", raw)
+        break
+    return pid, uid, gid, groups
 
 
 class AgentServer:
@@ -32,15 +95,22 @@ class AgentServer:
         mode: int = 0o660,
         owner: str | None = None,
         group: str | None = None,
+        limits: Limits | None = None,
+        admin_group: str | None = None,
     ):
         self.agent = agent
         self.path = path
+        self.limits = limits or Limits()
+        self.admin_gid = grp.getgrnam(admin_group).gr_gid if admin_group else None
         self._stop = threading.Event()
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)  # a stale socket of an agent that died
+        sockdir.prepare(path)
+        self._remove_stale(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self._listener.bind(path)
+        old_umask = os.umask(0o177)  # no moment where the socket is open to all
+        try:
+            self._listener.bind(path)
+        finally:
+            os.umask(old_umask)
         os.chmod(path, mode)
         if owner or group:
             os.chown(
@@ -49,6 +119,36 @@ class AgentServer:
                 grp.getgrnam(group).gr_gid if group else -1,
             )
         self._listener.listen(128)
+        self._listener.setblocking(False)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._done: queue.SimpleQueue[tuple[_Conn, list[bytes], bool, bool]] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(self.limits.workers, thread_name_prefix="request")
+        self._conns: set[_Conn] = set()
+        self._per_uid: collections.Counter[int] = collections.Counter()
+        self._ids = itertools.count(1)
+        self._accept_paused_until = 0.0
+
+    @staticmethod
+    def _remove_stale(path: str) -> None:
+        """A socket an agent that died left; a live agent's is not taken over."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise sockdir.UnsafeDirectory(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+            return
+        finally:
+            probe.close()
+        raise sockdir.UnsafeDirectory(f"another agent serves on {path}")
 
     # -- serving ---------------------------------------------------------
 
@@ -59,91 +159,270 @@ class AgentServer:
         ]
         for t in threads:
             t.start()
-        self._listener.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._stop.is_set():
+                self._resume_accepting()
+                for key, mask in self._sel.select(0.2):
+                    if key.data == "listen":
+                        self._accept()
+                    elif key.data == "wake":
+                        self._drain_wake()
+                    else:
+                        try:
+                            self._ready(key.data, mask)
+                        except Exception:  # one connection's fault must not stop the rest
+                            log.exception("connection of uid %d", key.data.caller.uid)
+                            self._close(key.data)
+                self._complete()
+        finally:
+            self._listener.close()
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+            for conn in list(self._conns):
+                self._close(conn)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._sel.close()
 
     def shutdown(self) -> None:
+        """From a signal handler or another thread: the loop ends and cleans up."""
         self._stop.set()
-        self._listener.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            while not self._stop.is_set():
-                try:
-                    doc, fds = protocol.recv(conn)
-                except protocol.ProtocolError as exc:
-                    protocol.send(conn, _error(refusal.BadRequest(str(exc))))
-                    continue
-                except OSError:
-                    return
-                if doc is None:
-                    return
-                if doc.get("op") == "watch":
-                    self._watch(conn)
-                    return
-                protocol.send(conn, self.handle(doc, fds))
-
-    def handle(self, doc: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-        """One request; the descriptors are closed afterwards (ours are copies)."""
-        socks = []
         try:
-            op = doc.get("op")
-            if op in FD_OPS:
-                if len(fds) != 2:
-                    raise refusal.BadRequest(
-                        f"{op} needs 2 descriptors (client, server), got {len(fds)}"
-                    )
-                socks = [socket.socket(fileno=fd) for fd in fds]
-                fds = []
-            handler: Callable[..., Any] | None = (
-                {
-                    "register": lambda: {"flow": self.agent.register(*socks)},
-                    "hold": lambda: self.agent.hold(*socks),
-                    "unhold": lambda: self.agent.unhold(*socks),
-                    "offload": lambda: {"splice": self.agent.offload(*socks).to_json()},
-                    "release": lambda: {"stats": self.agent.release(_splice_id(doc))},
-                    "list": lambda: {"splices": self.agent.list()},
-                    "stats": self.agent.stats,
-                }.get(op)
-                if isinstance(op, str)
-                else None
-            )
-            if handler is None:
-                raise refusal.BadRequest(f"unknown op {op!r}")
-            return {"ok": True, **(handler() or {})}
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept: %s; pausing %.1f s", exc.strerror, ACCEPT_BACKOFF_S)
+                    self._sel.unregister(self._listener)
+                    self._accept_paused_until = time.monotonic() + ACCEPT_BACKOFF_S
+                    return
+                if self._stop.is_set():
+                    return
+                raise
+            self._admit(sock)
+
+    def _resume_accepting(self) -> None:
+        if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+
+    def _admit(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            pid, uid, gid, groups = _credentials(sock)
+        except OSError:
+            sock.close()
+            return
+        admin = self.admin_gid is not None and (gid == self.admin_gid or self.admin_gid in groups)
+        caller = Caller(uid, gid, groups, admin, next(self._ids), pid)
+        why = None
+        if len(self._conns) >= self.limits.connections:
+            why = f"the agent serves {self.limits.connections} connections already"
+        elif not caller.root and self._per_uid[uid] >= self.limits.connections_per_uid:
+            why = f"uid {uid} has {self.limits.connections_per_uid} connections already"
+        if why:
+            try:
+                sock.send(protocol.encode(_error(refusal.LimitReached(why))))
+            except OSError:
+                pass
+            sock.close()
+            return
+        conn = _Conn(sock, caller)
+        self._conns.add(conn)
+        self._per_uid[uid] += 1
+        self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _interest(self, conn: _Conn) -> None:
+        events = 0 if conn.busy else selectors.EVENT_READ
+        if conn.out:
+            events |= selectors.EVENT_WRITE
+        try:
+            if events:
+                self._sel.modify(conn.sock, events, conn)
+            else:
+                self._sel.unregister(conn.sock)
+        except KeyError:
+            if events:
+                self._sel.register(conn.sock, events, conn)
+
+    def _ready(self, conn: _Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+        if mask & selectors.EVENT_READ and not conn.closed and not conn.busy:
+            self._read(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            doc, fds = protocol.recv(conn.sock)
+        except BlockingIOError:
+            return
+        except protocol.ProtocolError as exc:  # its descriptors are closed already
+            self._answer(conn, [_error(refusal.BadRequest(str(exc)))])
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if doc is None:
+            if _peer_gone(conn.sock):
+                self._close(conn)
+            else:  # a datagram of zero bytes reads like an EOF, but the peer is there
+                self._answer(conn, [_error(refusal.BadRequest("an empty message"))])
+            return
+        if conn.watching:  # a watcher has nothing more to ask
+            for fd in fds:
+                os.close(fd)
+            return
+        conn.busy = True
+        self._interest(conn)
+        self._pool.submit(self._work, conn, doc, fds)
+
+    def _work(self, conn: _Conn, doc: dict[str, Any], fds: list[int]) -> None:
+        """In a worker: the request, then its pages back to the loop."""
+        answers = self.handle(doc, fds, conn.caller)
+        watch = doc.get("op") == "watch" and answers[-1].get("ok") is True
+        try:
+            data = [protocol.encode(a) for a in answers]
+        except protocol.ProtocolError as exc:
+            data = [protocol.encode(_error(refusal.Internal(str(exc))))]
+        self._later(conn, data, done=True, watch=watch)
+
+    def _later(self, conn: _Conn, data: list[bytes], done: bool, watch: bool = False) -> None:
+        self._done.put((conn, data, done, watch))
+        try:
+            self._wake_w.send(b"x")
+        except BlockingIOError:
+            pass  # a wake-up is pending already
+        except OSError:
+            pass  # shutting down
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _complete(self) -> None:
+        while True:
+            try:
+                conn, data, done, watch = self._done.get_nowait()
+            except queue.Empty:
+                return
+            if conn.closed:
+                continue
+            if not done and len(conn.out) >= WATCH_BACKLOG:
+                log.warning("watcher of uid %d does not read; dropped", conn.caller.uid)
+                self._close(conn)
+                continue
+            conn.out.extend(data)
+            if done:
+                conn.busy = False
+                if watch:
+                    conn.watching = True
+                    conn.wake = _Wake(self, conn)
+                    self.agent.watch(conn.wake, conn.caller)
+            self._flush(conn)
+
+    def _answer(self, conn: _Conn, answers: list[dict[str, Any]]) -> None:
+        conn.out.extend(protocol.encode(a) for a in answers)
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        while conn.out and not conn.closed:
+            try:
+                conn.sock.send(conn.out[0])
+            except BlockingIOError:
+                break
+            except OSError:
+                self._close(conn)
+                return
+            conn.out.popleft()
+        if not conn.closed:
+            self._interest(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.discard(conn)
+        self._per_uid[conn.caller.uid] -= 1
+        if self._per_uid[conn.caller.uid] <= 0:
+            del self._per_uid[conn.caller.uid]
+        try:
+            self._sel.unregister(conn.sock)
+        except KeyError:
+            pass
+        conn.sock.close()
+        if conn.wake is not None:
+            self.agent.unwatch(conn.wake)
+        # nft takes a moment: not in the loop.
+        self._pool.submit(self.agent.drop_caller, conn.caller)
+
+    # -- requests --------------------------------------------------------
+
+    def handle(
+        self, doc: dict[str, Any], fds: list[int], caller: Caller = trust.TRUSTED
+    ) -> list[dict[str, Any]]:
+        """One request, answered in one page or more; the descriptors are closed
+        here (ours are copies), exactly once."""
+        socks: list[socket.socket] = []
+        rid = doc.get("id") if isinstance(doc.get("id"), int | str) else None
+        try:
+            req = requests.parse(doc, len(fds))
+            rid = req.id
+            for fd, name in zip(fds, ("client", "server"), strict=False):
+                if not trust.is_socket(fd):
+                    raise refusal.NotTcp(f"the {name} descriptor is not a socket")
+            while fds:  # each descriptor is owned by its socket object once made
+                socks.append(socket.socket(fileno=fds[0]))
+                fds.pop(0)
+            answers = self._dispatch(req, socks, caller)
         except refusal.Refused as exc:
-            return _error(exc)
+            answers = [_error(exc)]
         except Exception as exc:  # the proxy gets an answer whatever happens
             log.exception("request %s failed", doc.get("op"))
-            return _error(refusal.Internal(f"{type(exc).__name__}: {exc}"))
+            answers = [_error(refusal.Internal(f"{type(exc).__name__}: {exc}"))]
         finally:
             for s in socks:
                 s.close()
             for fd in fds:
                 os.close(fd)
+        if rid is not None:
+            for a in answers:
+                a["id"] = rid
+        return answers
 
-    def _watch(self, conn: socket.socket) -> None:
-        q = self.agent.watch()
-        try:
-            protocol.send(conn, {"ok": True})
-            while not self._stop.is_set():
-                try:
-                    protocol.send(conn, q.get(timeout=1.0))
-                except queue.Empty:
-                    continue
-        except OSError:
-            pass  # the watcher went away
-        finally:
-            self.agent.unwatch(q)
+    def _dispatch(
+        self, req: requests.Request, socks: list[socket.socket], caller: Caller
+    ) -> list[dict[str, Any]]:
+        agent = self.agent
+        if req.op == "register":
+            return [{"ok": True, "flow": agent.register(socks[0], socks[1], caller)}]
+        if req.op == "hold":
+            agent.hold(socks[0], socks[1], caller)
+            return [{"ok": True}]
+        if req.op == "unhold":
+            agent.unhold(socks[0], socks[1], caller)
+            return [{"ok": True}]
+        if req.op == "offload":
+            return [{"ok": True, "splice": agent.offload(socks[0], socks[1], caller).to_json()}]
+        if req.op == "release":
+            assert req.splice is not None
+            return [{"ok": True, "stats": agent.release(req.splice, caller=caller)}]
+        if req.op == "list":
+            return paging.pages({"ok": True, "splices": agent.list(caller)}, "splices")
+        if req.op == "stats":
+            return paging.pages({"ok": True, **agent.stats(caller)}, "splices")
+        return [{"ok": True}]  # watch: events follow
 
     # -- background --------------------------------------------------------
 
@@ -162,13 +441,16 @@ class AgentServer:
                 log.exception("reaper")
             if scan:
                 last_scan = time.monotonic()
+            try:
+                self.agent.expire_holds()
+            except Exception:
+                log.exception("holds")
 
 
-def _splice_id(doc: dict[str, Any]) -> int:
-    value = doc.get("splice")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise refusal.BadRequest("release needs an integer 'splice'")
-    return value
+def _peer_gone(sock: socket.socket) -> bool:
+    p = select.poll()
+    p.register(sock, select.POLLRDHUP)
+    return any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in p.poll(0))
 
 
 def _error(exc: refusal.Refused) -> dict[str, Any]:

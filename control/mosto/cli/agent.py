@@ -13,6 +13,8 @@ from mosto.wire import protocol
 
 def _agent(args: argparse.Namespace) -> int:
     from mosto.agent.app import AgentConfig, ConfigError, run
+    from mosto.agent.core import Quotas
+    from mosto.agent.server import Limits
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ports = {}
@@ -43,6 +45,10 @@ def _agent(args: argparse.Namespace) -> int:
         grace=args.grace,
         hold=not args.no_hold,
         metrics=args.metrics,
+        admin_group=args.admin_group,
+        hold_timeout=args.hold_timeout,
+        limits=Limits(args.max_connections, args.max_connections_per_uid, args.workers),
+        quotas=Quotas(args.max_learning_per_uid, args.max_holds_per_uid, args.max_splices_per_uid),
     )
     try:
         return run(cfg)
@@ -155,8 +161,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics",
         metavar="[HOST:]PORT",
-        help="serve Prometheus metrics over HTTP (e.g. 127.0.0.1:9108)",
+        help="serve Prometheus metrics over HTTP (e.g. 127.0.0.1:9108); off by default, "
+        "and whoever reaches the port reads every splice's counters",
     )
+    p.add_argument(
+        "--admin-group",
+        metavar="NAME",
+        help="members see every user's flows in list, stats and watch (root always does)",
+    )
+    p.add_argument(
+        "--hold-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="lift a hold after this long whatever the proxy does (default 5 s)",
+    )
+    lim = p.add_argument_group("limits (root's connections and flows are not counted)")
+    for flag, default, what in (
+        ("--max-connections", 1024, "agent connections in all"),
+        ("--max-connections-per-uid", 256, "agent connections per uid"),
+        ("--max-learning-per-uid", 8192, "learning entries per uid"),
+        ("--max-holds-per-uid", 256, "held flows per uid"),
+        ("--max-splices-per-uid", 8192, "splices per uid"),
+        ("--workers", 16, "requests served at once"),
+    ):
+        lim.add_argument(flag, type=int, default=default, metavar="N", help=f"{what} ({default})")
     p.set_defaults(func=_agent)
 
     ctl = sub.add_parser("ctl", help="talk to a running agent")

@@ -6,7 +6,7 @@
     client.hold(conn_a, conn_b)            # bulk flows: stop the senders' data
     (relay what is queued; wait until both sockets' send queues are acked)
     splice = client.offload(conn_a, conn_b)  # raises a mosto.wire.refusal.Refused
-    conn_a.close(); conn_b.close()         # in repair mode: nothing is sent
+    conn_a.close(); conn_b.close()         # neutralised by the agent: nothing is sent
 
 conn_a is the connection to the client, conn_b the one to the server.
 """
@@ -50,16 +50,31 @@ class AgentClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, doc: dict[str, Any], socks: tuple[socket.socket, ...] = ()) -> dict:
-        with self._lock:
-            protocol.send(self._sock, doc, [s.fileno() for s in socks])
-            reply, fds = protocol.recv(self._sock)
+    def _recv(self) -> dict[str, Any]:
+        reply, fds = protocol.recv(self._sock)
         for fd in fds:
             socket.close(fd)
         if reply is None:
             raise ConnectionError("the mosto agent closed the connection")
         if not reply.get("ok"):
             raise refusal.from_code(reply.get("error", ""), reply.get("message", ""))
+        return reply
+
+    def _call(self, doc: dict[str, Any], socks: tuple[socket.socket, ...] = ()) -> dict:
+        """One request and its answer; a paged answer ("more": true on all pages
+        but the last) is gathered into one: lists concatenated, the rest from the
+        last page."""
+        with self._lock:
+            protocol.send(self._sock, doc, [s.fileno() for s in socks])
+            reply = self._recv()
+            while reply.pop("more", False):
+                page = self._recv()
+                for key, value in page.items():
+                    if isinstance(value, list) and isinstance(reply.get(key), list):
+                        reply[key].extend(value)
+                    else:
+                        reply[key] = value
+            reply.pop("more", None)
         return reply
 
     def register(self, conn_a: socket.socket, conn_b: socket.socket) -> dict:
@@ -93,7 +108,9 @@ class AgentClient:
         with sock:
             protocol.send(sock, {"op": "watch"})
             while True:
-                doc, _ = protocol.recv(sock)
+                doc, fds = protocol.recv(sock)
+                for fd in fds:
+                    socket.close(fd)
                 if doc is None:
                     return
                 if "event" in doc:

@@ -37,6 +37,15 @@ AlreadySpliced = _reason("already_spliced", "An entry for this flow exists alrea
 NotFound = _reason("not_found", "No such splice.")
 BadRequest = _reason("bad_request", "The request is malformed.")
 Internal = _reason("internal", "The agent failed; the sockets were given back untouched.")
+WrongNamespace = _reason(
+    "wrong_namespace", "A socket belongs to another network namespace than the agent's."
+)
+NotLocal = _reason("not_local", "A socket's local address is not an address of this host.")
+SameConnection = _reason("same_connection", "The two descriptors are one connection.")
+InRepair = _reason("in_repair", "A socket arrived in TCP repair mode.")
+TcpAuth = _reason("tcp_auth", "A connection signs its segments (TCP-MD5 or TCP-AO).")
+NotOwner = _reason("not_owner", "The flow or splice belongs to another user.")
+LimitReached = _reason("limit_reached", "A limit of the agent or a per-user quota is reached.")
 
 REASONS: dict[str, type[Refused]] = {
     cls.code: cls
@@ -55,6 +64,13 @@ REASONS: dict[str, type[Refused]] = {
         NotFound,
         BadRequest,
         Internal,
+        WrongNamespace,
+        NotLocal,
+        SameConnection,
+        InRepair,
+        TcpAuth,
+        NotOwner,
+        LimitReached,
     )
 }
 

@@ -25,9 +25,10 @@ METRICS_PORT = 9108
 
 
 class Stack:
-    def __init__(self, topo: Topology, grace: float = 0.5):
+    def __init__(self, topo: Topology, grace: float = 0.5, agent_args: tuple[str, ...] = ()):
         self.topo = topo
         self.grace = grace
+        self.agent_args = agent_args
         self.tmp = Path(tempfile.mkdtemp(prefix="mosto-e2e-"))
         self.tmp.chmod(0o1777)  # an unprivileged proxy writes its stats here
         self.events: list[dict] = []
@@ -72,6 +73,7 @@ class Stack:
             str(IDLE_TIMEOUT_S),
             "--metrics",
             f"127.0.0.1:{METRICS_PORT}",
+            *self.agent_args,
         )
         watch = self.procs.spawn(
             self.topo.proxy,

@@ -29,7 +29,7 @@ def test_agent_refuses_a_socket_with_unread_data_and_leaves_it_working(loopback_
     agent = Agent(MemoryTarget())
     time.sleep(0.05)
     with pytest.raises(refusal.BuffersNotEmpty, match="12 bytes unread"):
-        agent.offload(proxy_side, proxy_side)
+        agent.offload(proxy_side, peer)
     assert proxy_side.recv(100) == b"not read yet"  # still a normal socket
     assert agent.results == {"buffers_not_empty": 1}
 

@@ -106,10 +106,10 @@ def segment(state: TcpState, window: int, peer_tsval: int | None) -> bytes:
     return ip + tcp
 
 
-def poke(sock: socket.socket, state: TcpState, peer_tsval: int | None) -> None:
-    """Sends segment() to the socket's peer; sock must be in repair mode, and
-    state read from it in repair mode (sequence numbers and TS clock)."""
-    packet = segment(state, receive_window(sock, state), peer_tsval)
+def poke(state: TcpState, window: int, peer_tsval: int | None) -> None:
+    """Sends segment() to the peer of the socket state was read from in repair
+    mode (sequence numbers and TS clock); window: receive_window() of it."""
+    packet = segment(state, window, peer_tsval)
     family = socket.AF_INET if state.peer[0].version == 4 else socket.AF_INET6
     with socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
         raw.sendto(packet, (str(state.peer[0]), 0))
@@ -123,6 +123,7 @@ def prompt_ack(sock: socket.socket, peer_tsval: int | None = None) -> None:
     segments) lets it pass."""
     enter_repair(sock)
     try:
-        poke(sock, read_state(sock, repair=True), peer_tsval or 0)
+        state = read_state(sock, repair=True)
+        poke(state, receive_window(sock, state), peer_tsval or 0)
     finally:
         leave_repair(sock)

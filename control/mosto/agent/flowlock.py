@@ -1,0 +1,44 @@
+"""One lock per flow: requests that name the same flow (or share a socket) run
+one after the other; requests for other flows are not held up."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mosto.dataplane.entry import FlowKey
+
+
+class FlowLocks:
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[FlowKey, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def locked(self, *flows: FlowKey) -> Iterator[None]:
+        keys = sorted(set(flows), key=str)  # one global order: no deadlock
+        with self._mutex:
+            entries = []
+            for k in keys:
+                entry = self._locks.setdefault(k, (threading.Lock(), [0]))
+                entry[1][0] += 1
+                entries.append(entry)
+        acquired: list[threading.Lock] = []
+        try:
+            for lock, _ in entries:
+                lock.acquire()
+                acquired.append(lock)
+            yield
+        finally:
+            for lock in reversed(acquired):
+                lock.release()
+            with self._mutex:
+                for k, (_, users) in zip(keys, entries, strict=True):
+                    users[0] -= 1
+                    if users[0] == 0:
+                        del self._locks[k]
+
+    def __len__(self) -> int:
+        with self._mutex:
+            return len(self._locks)

@@ -1,0 +1,53 @@
+"""What a well-formed request is: its op, its fields and their types, its
+descriptors. Anything else is one `bad_request`, whatever is wrong with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mosto.wire import refusal
+
+FD_OPS = frozenset({"register", "hold", "unhold", "offload"})
+OPS = FD_OPS | {"release", "list", "stats", "watch"}
+MAX_ID_LEN = 64
+U32 = 1 << 32
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    splice: int | None = None  # release
+    id: int | str | None = None  # echoed in every answer to it
+
+
+def _request_id(value: Any) -> int | str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise refusal.BadRequest("'id' must be an integer or a string")
+    if isinstance(value, str) and len(value) > MAX_ID_LEN:
+        raise refusal.BadRequest(f"'id' longer than {MAX_ID_LEN} characters")
+    if isinstance(value, int) and not 0 <= value < 1 << 63:
+        raise refusal.BadRequest("'id' out of range")
+    return value
+
+
+def parse(doc: dict[str, Any], nfds: int) -> Request:
+    op = doc.get("op")
+    if not isinstance(op, str) or op not in OPS:
+        shown = op if isinstance(op, str) and len(op) <= 32 else type(op).__name__
+        raise refusal.BadRequest(f"unknown op {shown!r}")
+    allowed = {"op", "id"} | ({"splice"} if op == "release" else set())
+    extra = sorted(k for k in doc if k not in allowed)
+    if extra:
+        raise refusal.BadRequest(f"{op} takes no field {extra[0][:32]!r}")
+    want = 2 if op in FD_OPS else 0
+    if nfds != want:
+        raise refusal.BadRequest(f"{op} needs {want} descriptors, got {nfds}")
+    splice = None
+    if op == "release":
+        splice = doc.get("splice")
+        if isinstance(splice, bool) or not isinstance(splice, int) or not 0 <= splice < U32:
+            raise refusal.BadRequest("release needs an integer 'splice'")
+    return Request(op, splice, _request_id(doc.get("id")))

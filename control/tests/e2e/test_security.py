@@ -1,0 +1,481 @@
+"""The agent's trust boundary, attacked as an attacker would: uid 65534 without
+capabilities (setpriv), in the proxy's network namespace or in a user+network
+namespace of its own (unshare), against the agent started as in production,
+beside a legitimate proxy of another uid (the victim). The attacks themselves
+are in attacker.py; each test says which class of fault it covers (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from processes import BIN, REPO, wait_for
+from processes import mosto as mosto_cmd
+from stack import SERVER_PORT, Stack
+from topology import SERVER4, topology
+
+import mosto
+
+NOBODY, VICTIM = 65534, 4242
+ADMIN_GROUP, ADMIN_GID = "adm", 4
+HOLD_TIMEOUT_S = 2.0
+PER_UID = 100
+ATTACKER = Path(__file__).with_name("attacker.py")
+SERVER = f"{SERVER4}:{SERVER_PORT}"
+VICTIM_PORT = 8600
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with topology("msec") as topo:
+        s = Stack(
+            topo,
+            agent_args=(
+                "--admin-group",
+                ADMIN_GROUP,
+                "--hold-timeout",
+                str(HOLD_TIMEOUT_S),
+                "--max-connections-per-uid",
+                str(PER_UID),
+                "--idle-timeout",  # the victim's quiet splices must live through the module
+                "600",
+            ),
+        )
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+def _as(uid: int, cmd: list[str], groups: tuple[int, ...] = (), userns: bool = False) -> list[str]:
+    """cmd as uid without capabilities; userns: inside a user+network namespace of its own."""
+    ids = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+    wrap = ["setpriv", f"--reuid={uid}", f"--regid={uid}", *ids, "--inh-caps=-all"]
+    if userns:
+        wrap += ["unshare", "--user", "--map-root-user", "--net"]
+    return [*wrap, *cmd]
+
+
+def _attack_cmd(stack: Stack, *args: str) -> list[str]:
+    return [str(BIN / "python"), str(ATTACKER), "--socket", stack.topo.agent_socket, *args]
+
+
+def attack(
+    stack: Stack, *args: str, uid: int = NOBODY, groups: tuple[int, ...] = (), userns=False
+) -> dict:
+    out = stack.topo.proxy.sh(*_as(uid, _attack_cmd(stack, *args), groups, userns), check=False)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def spawn_attack(stack: Stack, *args: str, uid: int = NOBODY) -> tuple[subprocess.Popen, dict]:
+    """A background attacker; its first line of output, once it printed it."""
+    p = stack.topo.proxy.popen(
+        _as(uid, _attack_cmd(stack, *args)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = p.stdout.readline()
+    assert line, p.stderr.read()
+    return p, json.loads(line)
+
+
+def listed(stack: Stack) -> list[dict]:
+    return json.loads(stack.ctl("list", "--json"))
+
+
+def agent_fds(stack: Stack) -> int:
+    return len(os.listdir(f"/proc/{stack.agent.pid}/fd"))
+
+
+def held_elements(stack: Stack) -> int | None:
+    """Elements of the hold sets; None when there is no hold table."""
+    out = stack.topo.proxy.sh("nft", "-j", "list", "table", "inet", "mosto_hold", check=False)
+    if out.returncode != 0:
+        return None
+    return sum(
+        len(item["set"].get("elem", []))
+        for item in json.loads(out.stdout)["nftables"]
+        if "set" in item
+    )
+
+
+@pytest.fixture(scope="module")
+def victim(stack):
+    """Quiet flows of a legitimate proxy of another uid, spliced."""
+    with stack.proxy(VICTIM_PORT, "--handover-after", "0", uid=VICTIM) as proxy:
+        idle = stack.idle(VICTIM_PORT, count=2, seconds=600)
+        wait_for(lambda: proxy.stats["handed_over"] == 2, 15, "the victim's hand-overs")
+        splices = [s for s in listed(stack) if s["client"]["dport"] == VICTIM_PORT]
+        assert len(splices) == 2
+        yield splices
+        idle.kill()
+        idle.wait()
+
+
+def _unchanged(stack: Stack, victim: list[dict]) -> None:
+    now = {s["id"]: s["entries"] for s in listed(stack)}
+    for s in victim:
+        assert now.get(s["id"]) == s["entries"], f"the victim's splice {s['id']} changed"
+
+
+def _ends(flow: dict) -> tuple[str, str]:
+    """The proxy's end and the peer's of a FLOW (as it arrives at the proxy)."""
+    return f"{flow['dst']}:{flow['dport']}", f"{flow['src']}:{flow['sport']}"
+
+
+def _assert_taken(stack: Stack, flow: dict) -> None:
+    """Nobody else gets the four-tuple: bind fails, and with SO_REUSEADDR connect."""
+    local, peer = _ends(flow)
+    got = attack(stack, "tuple", "--local", local, "--peer", peer)
+    assert got == {"reuse0": "bind EADDRINUSE", "reuse1": "connect EADDRNOTAVAIL"}, got
+
+
+def test_the_agent_under_test_runs_this_checkout(stack):
+    log = (stack.tmp / "agent.log").read_text()
+    assert f"mosto from {mosto.__file__}" in log, log[:500]
+
+
+# -- 1 and 3: forged proof of ownership ---------------------------------------------
+
+
+def test_forged_pair_from_a_foreign_namespace_cannot_take_a_victims_flow(stack, victim):
+    """Items 1 and 3: repair-mode sockets with the victim's four-tuples, made in the
+    attacker's own user+network namespace, then register/hold/offload, release."""
+    out = attack(stack, "forge", "--victim", json.dumps(victim[0]), userns=True)
+    assert out["forged_state"] == [1, 1], "the forged sockets were not even established"
+    for op in ("register", "hold", "unhold", "offload", "offload_no_repair"):
+        assert out[op] == "wrong_namespace", out
+    assert out["release"] == "not_found" and out["listed"] == [], out
+    _unchanged(stack, victim)
+    assert held_elements(stack) == 0
+
+
+def test_in_the_agents_namespace_the_attacker_has_no_repair_and_no_victim(stack, victim):
+    """Item 3 in one namespace: without CAP_NET_ADMIN no repair mode (so no forged
+    four-tuple), another uid's splice cannot be released, and the four-tuples of a
+    spliced flow are held by the agent, so no socket of the attacker gets them."""
+    assert attack(stack, "repair", "--server", SERVER) == {"repair": "EPERM"}
+    assert attack(stack, "looks", "--watch-seconds", "0.1")["list"] == []
+    for s in victim:
+        out = stack.topo.proxy.sh(
+            *_as(
+                NOBODY,
+                mosto_cmd("ctl", "release", str(s["id"]), "--socket", stack.topo.agent_socket),
+            ),
+            check=False,
+        )
+        assert out.returncode != 0 and "no splice" in out.stderr, out
+        _assert_taken(stack, s["server"])
+    _unchanged(stack, victim)
+
+
+def test_another_uids_registered_flow_cannot_be_held_or_offloaded(stack, tmp_path):
+    """Item 1: the sockets of a flow uid 4242 registered, handed to uid 65534."""
+    shared = Path(tempfile.mkdtemp(prefix="mosto-share-"))
+    shared.chmod(0o777)  # ours: the victim uid binds its socket in it
+    path = str(shared / "fds.sock")
+    sharer, first = spawn_attack(
+        stack, "share", "--path", path, "--server", SERVER, "--seconds", "5", uid=VICTIM
+    )
+    try:
+        assert first == {"registered": "ok"}
+        out = attack(stack, "steal", "--path", path)
+    finally:
+        sharer.kill()
+        sharer.wait()
+        subprocess.run(["rm", "-rf", str(shared)], check=False)
+    assert out == {
+        "register": "not_owner",
+        "hold": "not_owner",
+        "unhold": "not_owner",
+        "offload": "not_owner",
+        "still_established": [True, True],
+    }, out
+    assert held_elements(stack) == 0
+
+
+# -- 4: list, stats, watch ----------------------------------------------------------
+
+
+def test_list_stats_and_watch_show_a_user_only_their_own_flows(stack, victim):
+    box: dict = {}
+
+    def look(key: str, groups: tuple[int, ...]) -> None:
+        box[key] = attack(stack, "looks", "--watch-seconds", "4", groups=groups)
+
+    threads = [
+        threading.Thread(target=look, args=("nobody", ())),
+        threading.Thread(target=look, args=("admin", (ADMIN_GID,))),
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    idle = stack.idle(VICTIM_PORT, count=1, seconds=2)  # a new victim splice meanwhile
+    for t in threads:
+        t.join()
+    idle.wait()
+    nobody, admin = box["nobody"], box["admin"]
+    assert nobody["list"] == nobody["stats"] == [] and not nobody["counters"], nobody
+    assert nobody["watch"] == "ok" and nobody["events"] == [], nobody
+    assert {s["id"] for s in victim} <= set(admin["list"]) and admin["counters"], admin
+    assert any(e["event"] == "spliced" for e in admin["events"]), admin
+
+
+# -- 5: malformed requests, descriptors, connection floods --------------------------
+
+
+def test_malformed_requests_get_bad_request_and_leak_no_descriptor(stack, victim):
+    before = agent_fds(stack)
+    out = attack(stack, "malformed", "--server", SERVER)
+    special = {
+        "tcp-and-pipe": "not_tcp",
+        "pipe-and-tcp": "not_tcp",
+        "same-socket": "same_connection",
+        "dup-socket": "same_connection",
+        "after": "ok",
+    }
+    for case, got in out.items():
+        assert got == special.get(case, "bad_request"), (case, out)
+    assert stack.agent.poll() is None, "the agent died"
+    wait_for(lambda: agent_fds(stack) <= before, 5, f"the agent's descriptors back to {before}")
+    _unchanged(stack, victim)
+
+
+def test_a_connection_flood_is_refused_past_the_quota_and_the_agent_serves_on(stack, victim):
+    flood, got = spawn_attack(stack, "flood", "--count", "1100")
+    try:
+        assert got["connected"] + got["failed"] == 1100
+        assert got["refused"] >= 1100 - PER_UID - got["failed"], got
+        assert stack.agent.poll() is None
+        assert {s["id"] for s in victim} <= {s["id"] for s in listed(stack)}
+    finally:
+        flood.communicate("\n", timeout=30)
+    assert stack.agent.poll() is None
+
+
+def test_out_of_descriptors_on_accept_the_agent_backs_off_and_serves_on(stack, victim):
+    pid = str(stack.agent.pid)
+    # A limit with exactly 20 free descriptor numbers below it (numbers are
+    # reused lowest first, and earlier tests left holes).
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    free = [n for n in range(max(used) + 21) if n not in used][:20]
+    limit = free[-1] + 1
+    subprocess.run(["prlimit", "--pid", pid, f"--nofile={limit}:20000"], check=True)
+    try:
+        flood, got = spawn_attack(stack, "flood", "--count", "80")
+        assert stack.agent.poll() is None
+        flood.communicate("\n", timeout=30)
+    finally:
+        subprocess.run(["prlimit", "--pid", pid, "--nofile=20000:20000"], check=True)
+    assert stack.agent.poll() is None
+    wait_for(lambda: "Too many open files" in (stack.tmp / "agent.log").read_text(), 5, "EMFILE")
+    assert {s["id"] for s in victim} <= {s["id"] for s in listed(stack)}
+
+
+# -- 10, 9, 2 ---------------------------------------------------------------------
+
+
+def test_tcp_md5_connections_are_not_offloaded(stack):
+    out = attack(stack, "md5")
+    assert out["signed"] == "tcp_auth", out
+    assert out["unsigned"] != "tcp_auth", out
+
+
+def test_concurrent_requests_on_one_flow_never_answer_ok_before_neutralising(stack):
+    out = attack(stack, "race", "--server", SERVER, uid=VICTIM)["answers"]
+    ok = [a for a in out if a["op"] == "offload" and a["code"] == "ok"]
+    assert len(ok) == 1, sorted((a["op"], a["code"]) for a in out)
+    assert ok[0]["repair"] == [0, 0] and ok[0]["state"] == [7, 7], ok  # TCP_CLOSE
+    assert all(
+        a["code"] in ("ok", "not_connected", "already_spliced") or a["op"] != "offload" for a in out
+    ), out
+    mine = [s for s in listed(stack) if s["client"]["sport"] == SERVER_PORT]
+    for s in mine:
+        stack.ctl("release", str(s["id"]))
+    assert held_elements(stack) == 0
+
+
+def _tap(stack: Stack, out: Path) -> subprocess.Popen:
+    return stack.procs.spawn(
+        stack.topo.proxy,
+        [
+            str(BIN / "python"),
+            str(REPO / "tools" / "quietcheck.py"),
+            "pc",
+            "ps",
+            "--all",
+            "--out",
+            str(out),
+        ],
+        "tap.log",
+        ready=True,
+    )
+
+
+def test_after_offload_the_proxy_holds_closed_sockets_and_the_agent_the_four_tuples(stack):
+    """Item 2: nothing leaves the proxy host on a spliced flow after the hand-over,
+    the peers carry on through the splice, the four-tuple cannot be taken while it
+    is spliced and is free once the splice is gone."""
+    port = 8700
+    tapped = stack.tmp / "tap.json"
+    tap = _tap(stack, tapped)
+    start = len(stack.events)
+    with stack.proxy(port, "--handover-after", str(1 << 20), uid=VICTIM) as proxy:
+        box: dict = {}
+        t = threading.Thread(
+            target=lambda: box.update(stack.fetch(proxy, "64M", "--pace", "0.001"))
+        )
+        t.start()
+        spliced = wait_for(
+            lambda: [
+                e
+                for e in stack.events[start:]
+                if e["event"] == "spliced" and e["splice"]["client"]["dport"] == port
+            ],
+            20,
+            "the hand-over",
+        )[0]
+        srv = spliced["splice"]["server"]
+        local, peer = _ends(srv)
+        ss = stack.topo.proxy.sh("ss", "-tnpH", "state", "established", "src", local).stdout
+        assert f"pid={stack.agent.pid}," in ss and f"pid={proxy.proc.pid}," not in ss, ss
+        _assert_taken(stack, srv)
+        t.join(120)
+        assert box.get("ok"), box
+        sid = spliced["splice"]["id"]
+        removed = wait_for(
+            lambda: [
+                e for e in stack.events[start:] if e["event"] == "removed" and e["splice"] == sid
+            ],
+            10,
+            "the splice's removal",
+        )[0]
+    after = attack(stack, "tuple", "--local", local, "--peer", peer)
+    assert not after["reuse0"].startswith("bind"), after  # the port is free again
+    tap.send_signal(signal.SIGTERM)
+    tap.wait()
+    c = spliced["splice"]["client"]
+    ends = {
+        (c["dst"], c["dport"], c["src"], c["sport"]),
+        (srv["dst"], srv["dport"], srv["src"], srv["sport"]),
+    }
+    sent = [
+        p
+        for p in json.loads(tapped.read_text())
+        if (p["src"], p["sport"], p["dst"], p["dport"]) in ends
+        and spliced["time"] < p["time"] < removed["time"]
+    ]
+    assert sent == [], f"the proxy host sent on a spliced flow: {sent[:5]}"
+
+
+# -- 7: paging with real splices --------------------------------------------------
+
+
+def test_list_and_stats_of_100_real_splices_come_in_pages(stack):
+    with stack.proxy(8800, "--handover-after", "0") as proxy:
+        idle = stack.idle(8800, count=100, seconds=120)
+        wait_for(lambda: proxy.stats["handed_over"] == 100, 30, "100 hand-overs")
+        mine = [s for s in listed(stack) if s["client"]["dport"] == 8800]
+        stats = json.loads(stack.ctl("stats", "--json"))
+        idle.kill()  # the flows end: FIN both ways through the splices
+        idle.wait()
+        wait_for(
+            lambda: not [s for s in listed(stack) if s["client"]["dport"] == 8800],
+            10,
+            "the 100 splices to go",
+        )
+    assert len(mine) == 100
+    assert len(json.dumps(mine)) > 64 * 1024, "small enough for one datagram: no paging tested"
+    assert len([s for s in stats if s["client"]["dport"] == 8800]) == 100
+
+
+# -- 8: the socket's directory ------------------------------------------------------
+
+
+@pytest.mark.parametrize("unsafe", ["dir", "parent"])
+def test_the_agent_refuses_a_socket_directory_others_can_write(stack, unsafe):
+    base = Path(tempfile.mkdtemp(prefix="mosto-sockdir-"))
+    try:
+        d = base / "run"
+        d.mkdir()
+        (d if unsafe == "dir" else base).chmod(0o777)
+        pins = f"/sys/fs/bpf/msec-{uuid.uuid4().hex[:6]}"
+        out = stack.topo.proxy.sh(
+            *mosto_cmd("agent", "--socket", str(d / "agent.sock"), "--pin-dir", pins, "--no-hold"),
+            check=False,
+        )
+        assert out.returncode != 0 and "writable by other users" in out.stderr, out
+        assert not os.path.exists(pins) and not (d / "agent.sock").exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_a_second_agent_does_not_take_over_a_live_socket(stack):
+    pins = f"/sys/fs/bpf/msec-{uuid.uuid4().hex[:6]}"
+    out = stack.topo.proxy.sh(
+        *mosto_cmd("agent", "--socket", stack.topo.agent_socket, "--pin-dir", pins, "--no-hold"),
+        check=False,
+    )
+    assert out.returncode != 0 and "another agent serves" in out.stderr, out
+    subprocess.run(["rm", "-rf", pins], check=False)
+    assert listed(stack) is not None
+
+
+# -- 6: holds outlive nobody ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("then", ["close-agent", "close-flow", "stay"])
+def test_a_hold_ends_with_its_connection_its_flow_or_its_timeout(stack, then):
+    p, got = spawn_attack(stack, "hold", "--server", SERVER, "--then", then, uid=VICTIM)
+    try:
+        assert got["hold"] == "ok"
+        t0 = time.monotonic()
+        wait_for(lambda: held_elements(stack) == 0, HOLD_TIMEOUT_S + 2, f"the hold lifted ({then})")
+        if then != "stay":
+            assert time.monotonic() - t0 < HOLD_TIMEOUT_S, "lifted by the timeout, not by " + then
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_holds_go_when_the_agent_stops_and_a_restart_clears_a_dead_agents(stack, victim):
+    p, got = spawn_attack(stack, "hold", "--server", SERVER, uid=VICTIM)
+    try:
+        assert got["hold"] == "ok" and held_elements(stack) == 2
+        stack.agent.send_signal(signal.SIGTERM)
+        stack.agent.wait(10)
+        assert held_elements(stack) is None, "SIGTERM left the hold table"
+    finally:
+        p.kill()
+        p.wait()
+    stack.start_agent()
+    p, got = spawn_attack(stack, "hold", "--server", SERVER, uid=VICTIM)
+    try:
+        assert got["hold"] == "ok"
+        stack.kill_agent()
+        assert held_elements(stack) == 2, "a killed agent's holds are still there"
+        stack.start_agent()
+        assert held_elements(stack) == 0, "the restarted agent kept a dead one's holds"
+    finally:
+        p.kill()
+        p.wait()
+    # The victim's splices survived both restarts, and their four-tuples are kept.
+    assert {s["id"] for s in victim} <= {s["id"] for s in listed(stack)}
+    for s in victim:
+        _assert_taken(stack, s["server"])
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))

@@ -1,0 +1,123 @@
+"""list, stats and watch with many splices, and who sees what: 10,000 splices in
+the in-memory target, served by the real socket server to the real client."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from mosto.agent.core import Agent
+from mosto.agent.server import AgentServer
+from mosto.agent.trust import Caller
+from mosto.dataplane.entry import Entry, FlowKey
+from mosto.targets.memory import MemoryTarget
+from mosto.wire import protocol, refusal
+from mosto.wire.client import AgentClient
+
+N = 10_000
+MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+ALICE, BOB = Caller(1001, conn=1), Caller(1002, conn=2)
+
+
+def _splice_entries(i: int) -> tuple[Entry, Entry]:
+    client = ipaddress.ip_address("10.1.0.1") + (i >> 14)
+    from_client = FlowKey(client, ipaddress.ip_address("10.1.0.2"), 10000 + (i & 0x3FFF), 8000)
+    from_server = FlowKey(
+        ipaddress.ip_address("10.2.0.1"), ipaddress.ip_address("10.2.0.2"), 9000, 20000 + i
+    )
+    cs = Entry(
+        match=from_client,
+        seq_delta=1,
+        ack_delta=2,
+        smac=MAC_A,
+        dmac=MAC_B,
+        egress="ps",
+        rewrite=from_server.reversed(),
+    )
+    sc = Entry(
+        match=from_server,
+        seq_delta=3,
+        ack_delta=4,
+        smac=MAC_B,
+        dmac=MAC_A,
+        egress="pc",
+        rewrite=from_client.reversed(),
+    )
+    return cs, sc
+
+
+def _spliced(agent: Agent, n: int, owner: int) -> list[int]:
+    ids = []
+    for i in range(len(agent.list()), len(agent.list()) + n):
+        splice = agent._commit(*_splice_entries(i), lambda: None)
+        splice.owner = owner
+        ids.append(splice.id)
+    return ids
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    agent = Agent(MemoryTarget(max_entries=4 * N))
+    srv = AgentServer(agent, str(tmp_path / "agent.sock"), mode=0o600)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield agent, srv
+    srv.shutdown()
+    t.join(5)
+
+
+def test_10000_splices_listed_in_pages_under_the_datagram_limit(served):
+    agent, srv = served
+    _spliced(agent, N, owner=0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(srv.path)
+        s.settimeout(30)
+        protocol.send(s, {"op": "stats", "id": 5})
+        pages = []
+        while True:
+            raw = s.recv(protocol.MAX_MESSAGE + 1)
+            assert len(raw) <= protocol.MAX_MESSAGE
+            pages.append(json.loads(raw))
+            if not pages[-1]["more"]:
+                break
+    assert len(pages) > 1 and all(p["id"] == 5 for p in pages)
+    assert sum(len(p["splices"]) for p in pages) == N
+    assert "counters" in pages[-1] and "counters" not in pages[0]
+    with AgentClient(srv.path) as c:
+        listed = c.list()
+        stats = c.stats()
+    assert [s["id"] for s in listed] == sorted(s.id for s in agent._splices.values())
+    assert len(stats["splices"]) == N and stats["learning"] == 0
+
+
+def test_a_user_sees_and_releases_only_their_own_splices(served):
+    agent, _ = served
+    alice = _spliced(agent, 3, ALICE.uid)
+    bob = _spliced(agent, 2, BOB.uid)
+    assert [s["id"] for s in agent.list(ALICE)] == alice
+    assert [s["id"] for s in agent.stats(BOB)["splices"]] == bob
+    assert "counters" not in agent.stats(BOB)
+    with pytest.raises(refusal.NotFound):  # another user's splice does not exist for Bob
+        agent.release(alice[0], caller=BOB)
+    admin = Caller(1003, admin=True)
+    assert len(agent.list(admin)) == 5
+    with pytest.raises(refusal.NotOwner):  # an admin sees, only root or the owner releases
+        agent.release(alice[0], caller=admin)
+    agent.release(alice[0], caller=ALICE)
+    agent.release(bob[0], caller=Caller(0))
+    assert len(agent.list()) == 3
+
+
+def test_watchers_get_only_their_own_events(served):
+    agent, _ = served
+    mine, theirs, everything = agent.watch(caller=ALICE), agent.watch(caller=BOB), agent.watch()
+    (sid,) = _spliced(agent, 1, ALICE.uid)
+    agent.release(sid, caller=ALICE)
+    assert [mine.get_nowait()["event"]] == ["removed"] and mine.empty()
+    assert theirs.empty()
+    assert everything.get_nowait()["splice"] == sid

@@ -1,0 +1,154 @@
+"""What the agent accepts on its socket: message decoding, request validation,
+descriptors closed exactly once, one bad_request for every malformed request.
+Real sockets and pipes, no root: the agent runs with the in-memory target."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mosto.agent import requests
+from mosto.agent.core import Agent
+from mosto.agent.server import AgentServer
+from mosto.targets.memory import MemoryTarget
+from mosto.wire import protocol, refusal
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _no_more_fds_than(baseline: set[str]) -> None:
+    """The agent closes a connection when it sees the EOF, a moment later."""
+    deadline = time.monotonic() + 2
+    while _open_fds() - baseline and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _open_fds() - baseline, f"descriptors left open: {_open_fds() - baseline}"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 100000 + b"]" * 100000,
+        b'{"op":"list","x":' + b"[" * 50 + b"]" * 50 + b"}",
+        b'{"op":"release","splice":' + b"9" * 5000 + b"}",
+        b'{"op":"list","x":NaN}',
+        b"[]",
+        b'"list"',
+        b"\xff\xfe",
+        b"{",
+    ],
+    ids=["deep", "nested", "huge-int", "nan", "array", "string", "not-utf8", "truncated"],
+)
+def test_malformed_messages_are_protocol_errors(data):
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(data)
+
+
+@pytest.mark.parametrize(
+    ("doc", "nfds"),
+    [
+        ({"op": ["list"]}, 0),
+        ({"op": 1}, 0),
+        ({}, 0),
+        ({"op": "nope"}, 0),
+        ({"op": "release"}, 0),
+        ({"op": "release", "splice": "1"}, 0),
+        ({"op": "release", "splice": True}, 0),
+        ({"op": "release", "splice": -1}, 0),
+        ({"op": "release", "splice": 1 << 40}, 0),
+        ({"op": "list", "splice": 1}, 0),
+        ({"op": "list"}, 1),
+        ({"op": "offload"}, 1),
+        ({"op": "list", "id": [1]}, 0),
+        ({"op": "list", "id": "x" * 65}, 0),
+    ],
+)
+def test_requests_with_wrong_fields_are_bad_requests(doc, nfds):
+    with pytest.raises(refusal.BadRequest):
+        requests.parse(doc, nfds)
+
+
+def test_a_well_formed_request_parses():
+    assert requests.parse({"op": "release", "splice": 7, "id": "a"}, 0) == requests.Request(
+        "release", 7, "a"
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    agent = Agent(MemoryTarget(max_entries=1 << 16))
+    srv = AgentServer(agent, str(tmp_path / "run" / "agent.sock"), mode=0o600)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.shutdown()
+    t.join(5)
+
+
+def _connect(srv: AgentServer) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(srv.path)
+    s.settimeout(5)
+    return s
+
+
+def _ask(s: socket.socket, data: bytes, fds: list[int] = ()) -> dict:
+    socket.send_fds(s, [data], list(fds))
+    return json.loads(s.recv(protocol.MAX_MESSAGE))
+
+
+def test_tcp_socket_and_pipe_are_refused_and_both_closed_once(server):
+    before = _open_fds()
+    tcp = socket.socket()
+    r, w = os.pipe()
+    with _connect(server) as s:
+        answer = _ask(s, b'{"op":"offload"}', [tcp.fileno(), r])
+        assert answer["error"] == "not_tcp", answer
+        # The agent is still there, and still serves this connection.
+        assert _ask(s, b'{"op":"list"}')["ok"] is True
+    tcp.close()
+    os.close(r)
+    os.close(w)
+    # The agent runs in this process: none of its copies may be left.
+    _no_more_fds_than(before)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"not json", b"", b"[1]", b'{"op":["list"]}', b"[" * 5000, b'{"op":"list","id":{}}'],
+    ids=["not-json", "empty", "not-object", "op-list", "deep", "id-object"],
+)
+def test_malformed_message_with_descriptors_gets_bad_request_and_no_leak(server, data):
+    a, b = socket.socketpair()
+    with _connect(server) as s:
+        assert _ask(s, b'{"op":"list"}')["ok"] is True  # accepted: its descriptor is open
+        baseline = _open_fds()
+        answer = _ask(s, data, [a.fileno(), b.fileno()])
+        assert answer["ok"] is False and answer["error"] == "bad_request", answer
+        assert _ask(s, b'{"op":"list"}')["ok"] is True
+        _no_more_fds_than(baseline)
+    a.close()
+    b.close()
+
+
+def test_an_empty_datagram_without_descriptors_is_a_bad_request_not_an_eof(server):
+    with _connect(server) as s:
+        assert _ask(s, b"")["error"] == "bad_request"
+        assert _ask(s, b'{"op":"list"}')["ok"] is True
+
+
+def test_pipelined_requests_are_answered_in_order_and_echo_their_id(server):
+    with _connect(server) as s:
+        for i in range(20):
+            op = ("list", "stats", "release")[i % 3]
+            doc = {"op": op, "id": i, **({"splice": 999} if op == "release" else {})}
+            s.send(json.dumps(doc).encode())
+        ids = [json.loads(s.recv(protocol.MAX_MESSAGE))["id"] for _ in range(20)]
+    assert ids == list(range(20))
