@@ -4,11 +4,14 @@
 PY      := .venv/bin/python
 CLANG   ?= clang
 ARCH    := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
-BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -Ishared \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
+# Sizes in shared/contract.h can be overridden: make BPF_DEFINES=-DMOSTO_MAX_ENTRIES=262144
+BPF_DEFINES ?=
+
 BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o
-BPF_HDRS := $(wildcard ebpf/*.h)
+BPF_HDRS := $(wildcard ebpf/*.h) shared/contract.h
 
 .PHONY: all deps build test lint bench demo xdp-test bmv2-test clean
 
@@ -22,7 +25,7 @@ build: deps $(BPF_OBJS)
 
 build/%.bpf.o: ebpf/%.bpf.c $(BPF_HDRS)
 	@mkdir -p build
-	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(CLANG) $(BPF_CFLAGS) $(BPF_DEFINES) -c $< -o $@
 
 lint: deps
 	.venv/bin/ruff check control ebpf ptf_tests tools
