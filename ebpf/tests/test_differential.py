@@ -19,6 +19,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
+from mosto.dataplane.contract import TCP_FIN, TCP_RST
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.dataplane.model import Verdict, splice
 from mosto.testing.pktdiff import checksums_verify, explain_mismatch
@@ -183,7 +184,7 @@ def test_differential(clean_xdp, ports):
         if want.verdict is not Verdict.DROP:
             assert out == want.frame, explain_mismatch(want.frame, out)
         assert learned == want.learned_tsval
-        assert [ev.tcp_flags & 0x05 for ev in events] == (
+        assert [ev.tcp_flags & (TCP_FIN | TCP_RST) for ev in events] == (
             [want.event_flags] if want.event_flags else []
         )
         if want.verdict is Verdict.FORWARD and intact:

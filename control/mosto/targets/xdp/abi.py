@@ -1,4 +1,7 @@
-"""ctypes mirrors of ebpf/splice_abi.h, and the Entry <-> map record encoding."""
+"""ctypes mirrors of ebpf/splice_abi.h, and the Entry <-> map record encoding.
+Sizes and flags come from shared/contract.h (mosto.dataplane.contract); the
+layouts are checked field by field against the object's BTF
+(control/tests/kernel/test_xdp_target.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +9,13 @@ import ctypes
 import ipaddress
 import socket
 
+from mosto.dataplane import contract
 from mosto.dataplane.entry import Entry, FlowKey
 
-MAX_ENTRIES = 65536
-SPLICE_F_TS = 1 << 0
-SPLICE_F_NAT = 1 << 1
-SPLICE_F_LEARN = 1 << 2
+MAX_ENTRIES = contract.MAX_ENTRIES
+SPLICE_F_TS = contract.SPLICE_F_TS
+SPLICE_F_NAT = contract.SPLICE_F_NAT
+SPLICE_F_LEARN = contract.SPLICE_F_LEARN
 
 
 _u32x4 = ctypes.c_uint32 * 4
@@ -69,13 +73,13 @@ class SpliceEvent(ctypes.Structure):
     ]
 
 
-def _addr_words(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> _u32x4:
+def _addr_words(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ctypes.Array[ctypes.c_uint32]:
     """Network byte order, as the packet carries it; IPv4 in the first word."""
     raw = addr.packed.ljust(16, b"\0")
     return _u32x4.from_buffer_copy(raw)
 
 
-def _addr_from_words(words: _u32x4, family: int):
+def _addr_from_words(words: ctypes.Array[ctypes.c_uint32], family: int):
     raw = bytes(words)
     return ipaddress.ip_address(raw[:4] if family == socket.AF_INET else raw)
 
@@ -103,11 +107,11 @@ def decode_key(key: SpliceKey) -> FlowKey:
     )
 
 
-def _mac_bytes(mac: str) -> _u8x6:
+def _mac_bytes(mac: str) -> ctypes.Array[ctypes.c_uint8]:
     return _u8x6(*bytes.fromhex(mac.replace(":", "")))
 
 
-def _mac_str(mac: _u8x6) -> str:
+def _mac_str(mac: ctypes.Array[ctypes.c_uint8]) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
