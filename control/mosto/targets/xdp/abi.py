@@ -73,7 +73,9 @@ class SpliceEvent(ctypes.Structure):
     ]
 
 
-def _addr_words(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ctypes.Array[ctypes.c_uint32]:
+def _addr_words(
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ctypes.Array[ctypes.c_uint32]:
     """Network byte order, as the packet carries it; IPv4 in the first word."""
     raw = addr.packed.ljust(16, b"\0")
     return _u32x4.from_buffer_copy(raw)
