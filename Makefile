@@ -10,10 +10,11 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -Ishared 
 # Sizes in shared/contract.h can be overridden: make BPF_DEFINES=-DMOSTO_MAX_ENTRIES=262144
 BPF_DEFINES ?=
 
-BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o
-BPF_HDRS := $(wildcard ebpf/*.h) shared/contract.h
+# One source, two hooks: build/X.bpf.o for XDP, build/X_tc.bpf.o for tc (ebpf/ctx/).
+BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o build/splice_tc.bpf.o build/parse_only_tc.bpf.o
+BPF_HDRS := $(wildcard ebpf/*.h ebpf/ctx/*.h) shared/contract.h
 
-.PHONY: all deps build test lint bench demo xdp-test bmv2-test clean
+.PHONY: all deps build test lint bench demo xdp-test tc-test bmv2-test clean
 
 all: build
 
@@ -22,6 +23,10 @@ deps: .venv/.mosto-installed
 	./tools/install-deps.sh
 
 build: deps $(BPF_OBJS)
+
+build/%_tc.bpf.o: ebpf/%.bpf.c $(BPF_HDRS)
+	@mkdir -p build
+	$(CLANG) $(BPF_CFLAGS) $(BPF_DEFINES) -DMOSTO_HOOK_TC -c $< -o $@
 
 build/%.bpf.o: ebpf/%.bpf.c $(BPF_HDRS)
 	@mkdir -p build
@@ -34,10 +39,14 @@ lint: deps
 test: build lint
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory xdp-test
+	$(MAKE) --no-print-directory tc-test
 	@./tools/bmv2-available.sh || echo "mosto: BMv2 suite skipped: $$(./tools/bmv2-available.sh --why)"
 
 xdp-test: build
 	$(PY) tools/run_ptf.py --target xdp
+
+tc-test: build
+	$(PY) tools/run_ptf.py --target tc
 
 bmv2-test: build
 	@./tools/bmv2-available.sh --why-fail
