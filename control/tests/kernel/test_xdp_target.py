@@ -274,3 +274,70 @@ def test_cli_attaches_in_generic_mode_too(veth, pin_dir):
     r = mosto("xdp", "detach", veth)
     assert "detached from" in r.stdout and "(generic)" in r.stdout
     assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_SKB_MODE) == 0
+
+
+# -- the tc hook -------------------------------------------------------------
+
+
+def test_cli_tc_attach_shares_the_maps_with_xdp(veth, pin_dir):
+    r = mosto("tc", "attach", veth, "--pin-dir", pin_dir)
+    assert r.returncode == 0, r.stderr
+    assert f"attached to {veth} (tc ingress)" in r.stdout
+    assert XdpTarget.attached_tc(veth) != 0
+    shown = subprocess.run(
+        ["tc", "filter", "show", "dev", veth, "ingress"], capture_output=True, text=True
+    ).stdout
+    assert "handle 0x6d6f7374 mosto_splice_pr" in shown and "direct-action" in shown
+    # Attaching again replaces mosto's filter instead of adding a second one.
+    r = mosto("tc", "attach", veth, "--pin-dir", pin_dir)
+    assert r.returncode == 0, r.stderr
+    shown = subprocess.run(
+        ["tc", "filter", "show", "dev", veth, "ingress"], capture_output=True, text=True
+    ).stdout
+    assert shown.count("handle 0x6d6f7374") == 1
+    # XDP on the peer, from the same pins: one set of entries for both hooks.
+    r = mosto("xdp", "attach", veth + "p", "--mode", "native", "--pin-dir", pin_dir)
+    assert r.returncode == 0, r.stderr
+    with XdpTarget(pin_dir=pin_dir, load=False) as t:
+        t.add(parse_entry(_to(veth)))
+    listed = json.loads(mosto("entry", "list", "--json", "--pin-dir", pin_dir).stdout)
+    assert [parse_entry(d).match for d in listed] == [parse_entry(_to(veth)).match]
+
+    r = mosto("tc", "detach", veth)
+    assert r.returncode == 0 and f"detached from {veth} (tc ingress)" in r.stdout
+    assert XdpTarget.attached_tc(veth) == 0
+    r = mosto("tc", "detach", veth)
+    assert r.returncode == 0 and "nothing attached" in r.stdout
+    mosto("xdp", "detach", veth + "p")
+
+
+def test_default_hook_is_tc_on_veth_only(veth):
+    from mosto.targets.xdp.target import default_hook
+
+    assert default_hook(veth) == "tc"
+    assert default_hook("lo") == "xdp"
+
+
+def test_agent_picks_the_hook_per_interface_and_says_so(veth, pin_dir, caplog):
+    import logging
+
+    from mosto.agent.app import AgentConfig, open_target
+
+    caplog.set_level(logging.INFO, logger="mosto.agent")
+    cfg = AgentConfig(socket="/nonexistent", interfaces=[veth], pin_dir=pin_dir)
+    target, _ = open_target(cfg)
+    try:
+        assert XdpTarget.attached_tc(veth) != 0
+        assert libbpf.xdp_query_id(socket.if_nametoindex(veth), libbpf.XDP_FLAGS_DRV_MODE) == 0
+        assert f"attached to {veth}: tc (clsact ingress)" in caplog.text
+    finally:
+        XdpTarget.detach(veth, "tc")
+        target.close()
+    cfg = AgentConfig(socket="/nonexistent", interfaces=[veth], pin_dir=pin_dir, hook="xdp")
+    target, _ = open_target(cfg)
+    try:
+        assert f"attached to {veth}: XDP (native)" in caplog.text
+        assert XdpTarget.attached_tc(veth) == 0
+    finally:
+        XdpTarget.detach(veth)
+        target.close()
