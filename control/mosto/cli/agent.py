@@ -29,6 +29,7 @@ def _agent(args: argparse.Namespace) -> int:
         socket=args.socket,
         target=args.target,
         interfaces=args.interfaces,
+        hook=args.hook,
         mode=args.mode,
         pin_dir=args.pin_dir,
         ports=ports,
@@ -117,10 +118,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("agent", parents=[sock], help="run the offload agent (needs root)")
     p.add_argument(
-        "interfaces", nargs="*", metavar="IFACE", help="attach XDP to these interfaces first"
+        "interfaces",
+        nargs="*",
+        metavar="IFACE",
+        help="attach the splice program (XDP or tc) to these interfaces first",
     )
     p.add_argument("--target", choices=["xdp", "bmv2"], default="xdp")
-    p.add_argument("--mode", choices=["native", "generic", "auto"], default="auto")
+    p.add_argument(
+        "--hook",
+        choices=["auto", "xdp", "tc"],
+        default="auto",
+        help="where the program runs: XDP, or tc (clsact ingress); auto: tc on veth "
+        "interfaces, XDP on the others (default auto)",
+    )
+    p.add_argument("--mode", choices=["native", "generic", "auto"], default="auto", help="XDP mode")
     p.add_argument("--pin-dir", default=DEFAULT_PIN_DIR)
     bm = p.add_argument_group("--target bmv2")
     bm.add_argument("--grpc-addr", default="127.0.0.1:9559", help="P4Runtime server")
