@@ -345,14 +345,17 @@ def test_run(
     return opts.retval, data_out.raw[: opts.data_size_out], opts.duration
 
 
-def _tc_hook(ifindex: int) -> BpfTcHook:
-    return BpfTcHook(sz=ctypes.sizeof(BpfTcHook), ifindex=ifindex, attach_point=BPF_TC_INGRESS)
+def _tc_hook(ifindex: int, point: int = BPF_TC_INGRESS) -> BpfTcHook:
+    return BpfTcHook(sz=ctypes.sizeof(BpfTcHook), ifindex=ifindex, attach_point=point)
 
 
-def tc_attach(ifindex: int, prog_fd: int, handle: int, priority: int) -> None:
-    """prog_fd as a direct-action filter at clsact ingress of ifindex, replacing
-    whatever filter has this handle and priority there. Creates clsact if missing."""
-    hook = _tc_hook(ifindex)
+def tc_attach(
+    ifindex: int, prog_fd: int, handle: int, priority: int, point: int = BPF_TC_INGRESS
+) -> None:
+    """prog_fd as a direct-action filter at clsact ingress (or egress) of
+    ifindex, replacing whatever filter has this handle and priority there.
+    Creates clsact if missing."""
+    hook = _tc_hook(ifindex, point)
     ret = _lib.bpf_tc_hook_create(ctypes.byref(hook))
     if ret != -errno.EEXIST:
         _check(ret, f"create clsact on ifindex {ifindex}")
