@@ -248,6 +248,7 @@ def test_tcp_transfer_through_tc_splice(nat, sender_offload, vlan, request):
     for name, st in data.items():
         assert st.bytes >= SIZE, (name, st)
         per_run = st.bytes / st.packets
+        print(f"\n{request.node.callspec.id} {name}: {st.packets} runs, {per_run:.0f} B/run")
         if sender_offload:
             # GSO: one program run for many wire segments.
             assert per_run > 4 * MTU_FRAME, f"{name}: {per_run:.0f} B/frame, no super-frames"
