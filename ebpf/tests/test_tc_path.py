@@ -30,6 +30,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -254,3 +255,44 @@ def test_tcp_transfer_through_tc_splice(nat, sender_offload, vlan, request):
             assert per_run > 4 * MTU_FRAME, f"{name}: {per_run:.0f} B/frame, no super-frames"
         else:
             assert per_run <= MTU_FRAME, f"{name}: {per_run:.0f} B/frame with offloads off"
+
+
+def test_a_second_tag_passes_as_in_xdp():
+    """802.1Q in 802.1Q: tc finds the outer tag in metadata and the inner one in
+    the data; like XDP with both in the data, it passes the frame (pass_not_ip)
+    instead of translating it. With one tag it translates (hit_redirect)."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Dot1Q, Ether
+
+    def frame(*vlans: int) -> bytes:
+        eth = Ether(src=CMAC, dst=P0MAC)
+        for vid in vlans:
+            eth = eth / Dot1Q(vlan=vid)
+        return bytes(eth / IP(src=C4, dst=S4) / TCP(sport=SPORT, dport=DPORT, flags="A"))
+
+    def send(path: Path3, raw: bytes) -> None:
+        script = (
+            "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); "
+            f"s.bind(({path.c0!r}, 0)); s.send({raw!r})"
+        )
+        path.client.sh(sys.executable, "-c", script)
+
+    with topology(None, True) as path, tc_on_dut(path) as target:
+        fwd, _ = splice_entries(path, False, SPORT)
+        pushns(path.dut.name)
+        try:
+            target.add(parse_entry(fwd))
+        finally:
+            popns()
+        for vlans, counter in (((VLAN, 7), "pass_not_ip"), ((VLAN,), "hit_redirect")):
+            target.reset_counters()
+            send(path, frame(*vlans))
+            deadline = time.monotonic() + 2
+            while not any(target.counters().values()) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            moved = {k: v for k, v in target.counters().items() if v}
+            assert moved == {counter: 1}, (vlans, moved)
+            # XDP, with every tag in the data, decides the same.
+            target.reset_counters()
+            target.test_run(frame(*vlans), ingress_ifindex=1, hook="xdp")
+            assert {k for k, v in target.counters().items() if v} == {counter}
