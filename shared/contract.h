@@ -4,7 +4,9 @@
  * (ebpf/, C), the P4 program (p4src/, through p4c's C preprocessor) and the
  * Python control layer (mosto.dataplane.contract parses this file, shipped
  * as package data). Preprocessor definitions only: no C, no P4, so each
- * language builds its own declarations from them.
+ * language builds its own declarations from them. It lives in shared/, not
+ * in ebpf/ or p4src/, because neither target owns it (fabric-tna's shared/
+ * holds its size.p4 for the same reason).
  *
  * Sizes sit behind #ifndef so a build may override them (clang -D / p4c -D);
  * the Python side reads the defaults, so a build that overrides one must

@@ -29,8 +29,9 @@ def _agent(args: argparse.Namespace) -> int:
         socket=args.socket,
         target=args.target,
         interfaces=args.interfaces,
-        hook=args.hook,
-        mode=args.mode,
+        # --mode is an XDP option: asking for one asks for XDP.
+        hook="xdp" if args.hook == "auto" and args.mode is not None else args.hook,
+        mode=args.mode or "auto",
         pin_dir=args.pin_dir,
         ports=ports,
         grpc_addr=args.grpc_addr,
@@ -129,9 +130,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "xdp", "tc"],
         default="auto",
         help="where the program runs: XDP, or tc (clsact ingress); auto: tc on veth "
-        "interfaces, XDP on the others (default auto)",
+        "interfaces, XDP on the others, XDP everywhere if --mode is given (default auto)",
     )
-    p.add_argument("--mode", choices=["native", "generic", "auto"], default="auto", help="XDP mode")
+    p.add_argument(
+        "--mode",
+        choices=["native", "generic", "auto"],
+        default=None,
+        help="XDP mode (default auto: native, else generic); implies --hook xdp under auto",
+    )
     p.add_argument("--pin-dir", default=DEFAULT_PIN_DIR)
     bm = p.add_argument_group("--target bmv2")
     bm.add_argument("--grpc-addr", default="127.0.0.1:9559", help="P4Runtime server")

@@ -345,6 +345,11 @@ def test_run(
     return opts.retval, data_out.raw[: opts.data_size_out], opts.duration
 
 
+# tc through libbpf's bpf_tc_* rather than pyroute2's tc support: the program
+# fd is libbpf's already, these are the netlink requests `tc filter add ... bpf
+# da` makes, and both hooks then go through one library and one error path.
+
+
 def _tc_hook(ifindex: int, point: int = BPF_TC_INGRESS) -> BpfTcHook:
     return BpfTcHook(sz=ctypes.sizeof(BpfTcHook), ifindex=ifindex, attach_point=point)
 
