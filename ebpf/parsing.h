@@ -56,10 +56,10 @@ static __always_inline int parse_eth(struct packet *p, __u16 *proto, void **next
 	*next = eth + 1;
 	/* A tag outside the data counts as the first: a frame with one there and
 	 * one in the data has two, and passes as XDP passes a double-tagged one. */
-	if (p->vlan_meta != CTX_VLAN_NONE)
-		return p->vlan_meta == CTX_VLAN_8021Q && *proto != bpf_htons(ETH_P_8021Q)
-			       ? PARSE_OK
-			       : CNT_PASS_NOT_IP;
+	if (p->vlan_meta == CTX_VLAN_OTHER)
+		return CNT_PASS_NOT_IP;
+	if (p->vlan_meta == CTX_VLAN_8021Q)
+		return *proto == bpf_htons(ETH_P_8021Q) ? CNT_PASS_NOT_IP : PARSE_OK;
 	if (*proto != bpf_htons(ETH_P_8021Q))
 		return PARSE_OK;
 	vlan = *next;
