@@ -355,13 +355,19 @@ def _tc_hook(ifindex: int, point: int = BPF_TC_INGRESS) -> BpfTcHook:
 
 
 def tc_attach(
-    ifindex: int, prog_fd: int, handle: int, priority: int, point: int = BPF_TC_INGRESS
+    ifindex: int,
+    prog_fd: int,
+    handle: int,
+    priority: int,
+    point: int = BPF_TC_INGRESS,
+    create: bool = True,
 ) -> None:
     """prog_fd as a direct-action filter at clsact ingress (or egress) of
     ifindex, replacing whatever filter has this handle and priority there.
-    Creates clsact if missing."""
+    create: add clsact first (EEXIST is fine, but libbpf logs the kernel's
+    complaint; a caller that knows clsact is there passes False)."""
     hook = _tc_hook(ifindex, point)
-    ret = _lib.bpf_tc_hook_create(ctypes.byref(hook))
+    ret = _lib.bpf_tc_hook_create(ctypes.byref(hook)) if create else 0
     if ret != -errno.EEXIST:
         _check(ret, f"create clsact on ifindex {ifindex}")
     opts = BpfTcOpts(

@@ -70,6 +70,13 @@ def is_veth(ifname: str) -> bool:
     return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
 
 
+def has_clsact(ifindex: int) -> bool:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
+
+
 def default_hook(ifname: str) -> str:
     """tc on veth, XDP elsewhere. Native XDP on veth needs XDP (or GRO) on the
     peer of every redirect target and turns GSO off on the path, so every
@@ -183,7 +190,9 @@ class XdpTarget:
         prog_fd = self.hook_prog_fd(hook)
         if hook == "tc":
             try:
-                libbpf.tc_attach(ifindex, prog_fd, TC_HANDLE, TC_PRIORITY)
+                libbpf.tc_attach(
+                    ifindex, prog_fd, TC_HANDLE, TC_PRIORITY, create=not has_clsact(ifindex)
+                )
             except libbpf.BpfError as exc:
                 raise TargetError(f"cannot attach to {ifname}: {exc}") from None
             self.add_port(ifindex)
