@@ -14,7 +14,7 @@ BPF_DEFINES ?=
 BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o build/splice_tc.bpf.o build/parse_only_tc.bpf.o
 BPF_HDRS := $(wildcard ebpf/*.h ebpf/ctx/*.h) shared/contract.h
 
-.PHONY: all deps build test lint bench demo xdp-test tc-test bmv2-test clean
+.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo xdp-test tc-test bmv2-test clean
 
 all: build
 
@@ -36,8 +36,25 @@ lint: deps
 	.venv/bin/ruff check control ebpf ptf_tests tools
 	.venv/bin/ruff format --check control ebpf ptf_tests tools
 
-test: build lint
+typecheck: deps
+	cd control && ../.venv/bin/mypy --config-file ../pyproject.toml -p mosto
+
+# The tiers (conftest.py): unit needs nothing; kernel and e2e need root.
+unit: deps
+	$(PY) -m pytest -q control/tests/unit
+
+# A host as it boots has no bpffs at /sys/fs/bpf: run a hand-over suite in a
+# private mount namespace without one, whatever this machine has mounted.
+FRESH_HOST_TESTS := control/tests/e2e/test_e2e.py::test_quiet_flows_handed_over_at_once \
+                    control/tests/e2e/test_e2e.py::test_transfer_handed_over_mid_stream
+fresh-host-test: build
+	unshare -m --propagation private sh -c \
+	  'while umount /sys/fs/bpf 2>/dev/null; do :; done; \
+	   $(PY) -m pytest -q -p no:cacheprovider $(FRESH_HOST_TESTS) -k "quiet or 1MiB"'
+
+test: build lint typecheck
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory fresh-host-test
 	$(MAKE) --no-print-directory xdp-test
 	$(MAKE) --no-print-directory tc-test
 	@./tools/bmv2-available.sh || echo "mosto: BMv2 suite skipped: $$(./tools/bmv2-available.sh --why)"

@@ -21,7 +21,7 @@ from mosto.chains.pareto import precompute
 from mosto.chains.table import ChainTable
 from mosto.chains.topology import Topology, load, parse_rocketfuel
 
-ROCKETFUEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "rocketfuel"
+ROCKETFUEL = Path(__file__).resolve().parents[1] / "data" / "rocketfuel"
 
 
 def synthetic_map(n: int, seed: int = 1) -> str:

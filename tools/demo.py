@@ -45,7 +45,7 @@ def describe(ev: dict) -> str | None:
         s = ev["splice"]
         return (
             f"spliced #{s['id']}: client {s['client']['src']}:{s['client']['sport']} "
-            f"<-> server {s['server']['dst']}:{s['server']['dport']}"
+            f"<-> server {s['server']['src']}:{s['server']['sport']}"
         )
     if ev["event"] in ("fin", "rst"):
         return f"{ev['event'].upper()} from the {ev['from']} (splice #{ev['splice']})"

@@ -64,6 +64,14 @@ class Processes:
             raise RuntimeError(f"{cmd[1:3]} did not start (see {self.logdir})")
         return p
 
+    def log_tail(self, log: str, lines: int = 20) -> str:
+        """The last lines of logdir/log, for a failure message."""
+        try:
+            text = (self.logdir / log).read_text(errors="replace")
+        except OSError as exc:
+            return f"({log}: {exc.strerror})"
+        return "\n".join(text.splitlines()[-lines:]) or f"({log} is empty)"
+
     def stop_all(self) -> None:
         for p in self._procs:
             if p.poll() is None:

@@ -73,7 +73,16 @@ class Topology:
             ),
             "agent.log",
         )
-        wait_for(lambda: os.path.exists(self.agent_socket), 10, "the agent's socket")
+        try:
+            wait_for(
+                lambda: os.path.exists(self.agent_socket) or agent.poll() is not None,
+                10,
+                "the agent's socket",
+            )
+            if agent.poll() is not None:
+                raise AssertionError(f"the agent exited with status {agent.returncode}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log ends:\n{procs.log_tail('agent.log')}") from None
         return agent
 
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +33,7 @@ TCP_FIN, TCP_RST = 0x01, 0x04
 SETTLE_S = 0.002  # after install, for packets already past the data plane to land
 PROBE_WAIT_MIN_S = 0.02  # for a probed peer's answer (or 4 RTTs, if longer)
 PROBE_POLL_S = 0.001
+IDLE_SCAN_MIN_S, IDLE_SCAN_MAX_S = 0.25, 30.0
 
 
 def _out_flow(e: Entry) -> FlowKey:
@@ -55,7 +56,7 @@ class Splice:
         return {
             "id": self.id,
             "client": self.to_server.match.to_json(),
-            "server": _out_flow(self.to_server).to_json(),
+            "server": self.to_client.match.to_json(),  # as it arrives, like register's
             "entries": [self.to_server.to_json(), self.to_client.to_json()],
             "age_s": round(time.monotonic() - self.created, 3),
             "state": self.end_reason or "active",
@@ -119,7 +120,11 @@ class Agent:
             - {m for s in self._splices.values() for m in (s.to_server.match, s.to_client.match)}
         )
         for m in orphans:
-            log.warning("entry %s has no reverse entry; left alone", m)
+            # Half a splice cannot carry a flow: an agent died between the two
+            # installs, or someone added it by hand. It would translate one
+            # direction of a flow the proxy may still own, so it goes.
+            log.warning("entry %s has no reverse entry: removed", m)
+            self.target.delete(m)
         if self._splices or self._learning:
             log.info(
                 "rebuilt %d splices and %d learning entries from the data plane",
@@ -180,16 +185,14 @@ class Agent:
         if self.holds is None:
             raise refusal.BadRequest("this agent runs without holds (--no-hold)")
         pair = pair_of(*self._states(a, b))
-        self.holds.hold(pair.from_client)
-        self.holds.hold(pair.from_server)
+        self.holds.hold(pair.from_client, pair.from_server)
 
     def unhold(self, a: socket.socket, b: socket.socket) -> None:
         self._unhold(pair_of(*self._states(a, b)))
 
     def _unhold(self, pair) -> None:
         if self.holds is not None:
-            self.holds.release(pair.from_client)
-            self.holds.release(pair.from_server)
+            self.holds.release(pair.from_client, pair.from_server)
 
     def _require_free(self, flow: FlowKey) -> None:
         for s in self._splices.values():
@@ -407,34 +410,53 @@ class Agent:
                     s.remove_at = now + self.grace  # the last ACK must still pass
                 return
 
-    def reap(self) -> None:
-        """Removes ended splices after their grace period, and idle ones."""
+    def idle_scan_interval(self) -> float:
+        """How often reap() must look for idle entries: a tenth of the idle
+        timeout, so an idle flow goes at most 10% late, and no scans of a big
+        table twice a second for a timeout of minutes."""
+        return min(max(self.idle_timeout / 10, IDLE_SCAN_MIN_S), IDLE_SCAN_MAX_S)
+
+    def reap(self, scan_idle: bool = True) -> None:
+        """Removes ended splices after their grace period and, with scan_idle,
+        idle splices and learning entries. The stats are read in one batch,
+        outside the lock: requests never wait for a read of the whole table."""
         now = time.monotonic()
-        due: list[tuple[int, str]] = []
         with self._lock:
-            for s in self._splices.values():
-                if s.remove_at is not None and now >= s.remove_at:
-                    due.append((s.id, s.end_reason))
-                elif now - self._last_seen(s.created, s.to_server, s.to_client) > self.idle_timeout:
-                    due.append((s.id, "idle"))
-            for flow, learn in list(self._learning.items()):
+            splices = list(self._splices.values())
+            learning = list(self._learning.values())
+        if not scan_idle:
+            splices = [s for s in splices if s.remove_at is not None]
+            learning = [learn for learn in learning if learn.remove_at is not None]
+        matches = [m for s in splices for m in (s.to_server.match, s.to_client.match)]
+        seen: dict[FlowKey, float] = {}
+        if scan_idle:
+            seen = self._last_seen_all(matches + [learn.match for learn in learning])
+        due: list[tuple[int, str]] = []
+        for s in splices:
+            last = max(s.created, seen.get(s.to_server.match, 0), seen.get(s.to_client.match, 0))
+            if s.remove_at is not None and now >= s.remove_at:
+                due.append((s.id, s.end_reason))
+            elif scan_idle and now - last > self.idle_timeout:
+                due.append((s.id, "idle"))
+        with self._lock:
+            for learn in learning:
                 ended = learn.remove_at is not None and now >= learn.remove_at
-                if (
-                    ended
-                    or now - self._last_seen(learn.created, Entry.learning(flow))
-                    > self.idle_timeout
-                ):
-                    self.target.delete(flow)
-                    del self._learning[flow]
+                last = max(learn.created, seen.get(learn.match, 0))
+                idle = scan_idle and now - last > self.idle_timeout
+                if (ended or idle) and self._learning.get(learn.match) is learn:
+                    self.target.delete(learn.match)
+                    del self._learning[learn.match]
         for splice_id, reason in due:
             try:
                 self.release(splice_id, reason)
             except refusal.NotFound:
                 pass
 
-    def _last_seen(self, since: float, *entries: Entry) -> float:
-        """Seconds on the monotonic clock; the data plane's clock is CLOCK_MONOTONIC."""
-        last = since
-        for st in self.target.stats_many([e.match for e in entries]).values():
-            last = max(last, st.last_seen_ns / 1e9)
-        return last
+    def _last_seen_all(self, matches: Sequence[FlowKey]) -> dict[FlowKey, float]:
+        """Last-seen of each entry in seconds on the monotonic clock (the data
+        plane's clock is CLOCK_MONOTONIC); entries never hit are left out."""
+        return {
+            m: st.last_seen_ns / 1e9
+            for m, st in self.target.stats_many(matches).items()
+            if st.last_seen_ns
+        }

@@ -3,7 +3,7 @@
 A is the proxy's connection to the client, B its connection to the server.
 With both buffers empty, a client packet continues on B with
 seq' = seq + (B.snd_nxt - A.rcv_nxt) and ack' = ack + (B.rcv_nxt - A.snd_nxt);
-the other direction uses the negated deltas (../shared/MISSION.md).
+the other direction uses the negated deltas.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pwd
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -152,11 +153,15 @@ class AgentServer:
                 ring.poll(200)
 
     def _reap_loop(self) -> None:
+        last_scan = time.monotonic()
         while not self._stop.wait(REAP_INTERVAL_S):
+            scan = time.monotonic() - last_scan >= self.agent.idle_scan_interval()
             try:
-                self.agent.reap()
+                self.agent.reap(scan_idle=scan)
             except Exception:
                 log.exception("reaper")
+            if scan:
+                last_scan = time.monotonic()
 
 
 def _splice_id(doc: dict[str, Any]) -> int:

@@ -34,7 +34,8 @@ MARK_BEGIN, MARK_END = "<!-- eval:begin -->", "<!-- eval:end -->"
 
 
 def default_maps() -> Path:
-    return Path(__file__).resolve().parents[4] / "shared" / "data" / "rocketfuel"
+    """The Rocketfuel maps of this checkout (data/rocketfuel/)."""
+    return Path(__file__).resolve().parents[3] / "data" / "rocketfuel"
 
 
 @dataclass

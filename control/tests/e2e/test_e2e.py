@@ -50,7 +50,7 @@ def _proxy_side(splice: dict) -> set[tuple]:
     client, server = splice["client"], splice["server"]
     return {
         (client["dst"], client["dport"], client["src"], client["sport"]),
-        (server["src"], server["sport"], server["dst"], server["dport"]),
+        (server["dst"], server["dport"], server["src"], server["sport"]),
         (
             to_server["match"]["dst"],
             to_server["match"]["dport"],
@@ -135,7 +135,7 @@ def test_transparent_proxy_handed_over_without_rewrites(stack):
             stack, proxy, result, result["bytes"], upload=False, port=SERVER_PORT
         )
     splice = _spliced_events(stack, SERVER_PORT)[-1]["splice"]
-    assert splice["client"]["dst"] == splice["server"]["dst"] == "10.2.0.1"
+    assert splice["client"]["dst"] == splice["server"]["src"] == "10.2.0.1"
     assert all("rewrite" not in e for e in splice["entries"]), splice["entries"]
 
 

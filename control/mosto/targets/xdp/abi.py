@@ -73,15 +73,13 @@ class SpliceEvent(ctypes.Structure):
     ]
 
 
-def _addr_words(
-    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
-) -> ctypes.Array[ctypes.c_uint32]:
+def _addr_words(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ctypes.Array:
     """Network byte order, as the packet carries it; IPv4 in the first word."""
     raw = addr.packed.ljust(16, b"\0")
     return _u32x4.from_buffer_copy(raw)
 
 
-def _addr_from_words(words: ctypes.Array[ctypes.c_uint32], family: int):
+def _addr_from_words(words: ctypes.Array, family: int):
     raw = bytes(words)
     return ipaddress.ip_address(raw[:4] if family == socket.AF_INET else raw)
 
@@ -109,11 +107,11 @@ def decode_key(key: SpliceKey) -> FlowKey:
     )
 
 
-def _mac_bytes(mac: str) -> ctypes.Array[ctypes.c_uint8]:
+def _mac_bytes(mac: str) -> ctypes.Array:
     return _u8x6(*bytes.fromhex(mac.replace(":", "")))
 
 
-def _mac_str(mac: ctypes.Array[ctypes.c_uint8]) -> str:
+def _mac_str(mac: ctypes.Array) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 

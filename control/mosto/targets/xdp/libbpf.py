@@ -229,7 +229,7 @@ def map_delete(fd: int, key: Any) -> bool:
 
 def map_keys(fd: int, key_type: type) -> list:
     """All keys of a hash map (a snapshot: the map may change meanwhile)."""
-    keys: list = []
+    keys: list[Any] = []
     prev = None
     while True:
         nxt = key_type()
