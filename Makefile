@@ -4,13 +4,17 @@
 PY      := .venv/bin/python
 CLANG   ?= clang
 ARCH    := $(shell uname -m | sed 's/x86_64/x86/;s/aarch64/arm64/')
-BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
+BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) -Ishared \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o
-BPF_HDRS := $(wildcard ebpf/*.h)
+# Sizes in shared/contract.h can be overridden: make BPF_DEFINES=-DMOSTO_MAX_ENTRIES=262144
+BPF_DEFINES ?=
 
-.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo xdp-test bmv2-test clean
+# One source, two hooks: build/X.bpf.o for XDP, build/X_tc.bpf.o for tc (ebpf/ctx/).
+BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o build/splice_tc.bpf.o build/parse_only_tc.bpf.o
+BPF_HDRS := $(wildcard ebpf/*.h ebpf/ctx/*.h) shared/contract.h
+
+.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo xdp-test tc-test bmv2-test clean
 
 all: build
 
@@ -20,9 +24,13 @@ deps: .venv/.mosto-installed
 
 build: deps $(BPF_OBJS) build/delayline
 
+build/%_tc.bpf.o: ebpf/%.bpf.c $(BPF_HDRS)
+	@mkdir -p build
+	$(CLANG) $(BPF_CFLAGS) $(BPF_DEFINES) -DMOSTO_HOOK_TC -c $< -o $@
+
 build/%.bpf.o: ebpf/%.bpf.c $(BPF_HDRS)
 	@mkdir -p build
-	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+	$(CLANG) $(BPF_CFLAGS) $(BPF_DEFINES) -c $< -o $@
 
 # The user-space delay line for WAN topologies (tools/delayline/README.md)
 build/delayline: tools/delayline/delayline.c
@@ -53,10 +61,14 @@ test: build lint typecheck
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory fresh-host-test
 	$(MAKE) --no-print-directory xdp-test
+	$(MAKE) --no-print-directory tc-test
 	@./tools/bmv2-available.sh || echo "mosto: BMv2 suite skipped: $$(./tools/bmv2-available.sh --why)"
 
 xdp-test: build
 	$(PY) tools/run_ptf.py --target xdp
+
+tc-test: build
+	$(PY) tools/run_ptf.py --target tc
 
 bmv2-test: build
 	@./tools/bmv2-available.sh --why-fail

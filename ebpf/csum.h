@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /*
  * Incremental Internet checksum update (RFC 1624, eqn. 3: HC' = ~(~HC + ~m + m')).
- * Written by hand because the kernel's csum helpers work on skbs, not XDP.
+ * bpf_csum_diff() works in XDP too; the arithmetic is written out because it
+ * is p4src/include/checksum.p4's, term for term and in the same order, so both
+ * programs produce the same bits for every frame, also one whose checksum was
+ * wrong on arrival.
  *
  * Every changed 32-bit field adds ~old + new to an accumulator. The sum is
  * byte-order independent except for alignment: a field at an odd offset from

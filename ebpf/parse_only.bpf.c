@@ -1,23 +1,30 @@
 // SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause)
 /* Benchmark baseline: the splice program's parser and pass-path counting,
- * without the table lookup and the translation. */
+ * without the table lookup and the translation. Compiled for both hooks,
+ * like splice.bpf.c. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
 #include "maps.h"
 #include "parsing.h"
+#include "ctx/ctx.h"
 
-SEC("xdp")
-int mosto_parse_only(struct xdp_md *ctx)
+SEC(CTX_SEC)
+int mosto_parse_only(struct ctx_buff *ctx)
 {
-	struct packet p = {
-		.data = (void *)(long)ctx->data,
-		.data_end = (void *)(long)ctx->data_end,
-	};
-	int ret = parse_packet(&p);
+	struct packet p = {};
+	int ret;
 
+	if (ctx_pull_headers(ctx)) {
+		count(CNT_PASS_TRUNCATED);
+		return CTX_PASS;
+	}
+	p.data = ctx_data(ctx);
+	p.data_end = ctx_data_end(ctx);
+	p.vlan_meta = ctx_vlan_meta(ctx);
+	ret = parse_packet(&p);
 	count(ret == PARSE_OK ? CNT_PASS_MISS : ret);
-	return XDP_PASS;
+	return CTX_PASS;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

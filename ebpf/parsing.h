@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
-/* Header parsing up to the fixed TCP header: Ethernet, one 802.1Q tag, IPv4 or IPv6. */
+/* Header parsing up to the fixed TCP header: Ethernet, one 802.1Q tag (in the
+ * data, or for tc in skb metadata), IPv4 or IPv6. */
 #ifndef MOSTO_PARSING_H
 #define MOSTO_PARSING_H
 
@@ -12,6 +13,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "ctx/ctx.h"
 #include "splice_abi.h"
 
 #define AF_INET 2
@@ -33,6 +35,9 @@ struct packet {
 	struct iphdr *ip4;    /* exactly one of ip4 / ip6 is set */
 	struct ipv6hdr *ip6;
 	struct tcphdr *tcp;
+	__u32 l3_off;  /* of the IP header, from data */
+	__u32 l4_off;  /* of the TCP header, from data */
+	int vlan_meta; /* CTX_VLAN_*: a tag outside the data */
 	struct splice_key key;
 };
 
@@ -46,8 +51,15 @@ static __always_inline int parse_eth(struct packet *p, __u16 *proto, void **next
 	if ((void *)(eth + 1) > p->data_end)
 		return CNT_PASS_TRUNCATED;
 	p->eth = eth;
+	p->l3_off = sizeof(*eth);
 	*proto = eth->h_proto;
 	*next = eth + 1;
+	/* A tag outside the data counts as the first: a frame with one there and
+	 * one in the data has two, and passes as XDP passes a double-tagged one. */
+	if (p->vlan_meta == CTX_VLAN_OTHER)
+		return CNT_PASS_NOT_IP;
+	if (p->vlan_meta == CTX_VLAN_8021Q)
+		return *proto == bpf_htons(ETH_P_8021Q) ? CNT_PASS_NOT_IP : PARSE_OK;
 	if (*proto != bpf_htons(ETH_P_8021Q))
 		return PARSE_OK;
 	vlan = *next;
@@ -55,6 +67,7 @@ static __always_inline int parse_eth(struct packet *p, __u16 *proto, void **next
 		return CNT_PASS_TRUNCATED;
 	*proto = vlan->encap_proto;
 	*next = vlan + 1;
+	p->l3_off += sizeof(*vlan);
 	return PARSE_OK;
 }
 
@@ -79,6 +92,7 @@ static __always_inline int parse_ipv4(struct packet *p, void *l3, void **next)
 	p->key.saddr[0] = ip->saddr;
 	p->key.daddr[0] = ip->daddr;
 	*next = l3 + ihl_bytes;
+	p->l4_off = p->l3_off + ihl_bytes;
 	return PARSE_OK;
 }
 
@@ -98,6 +112,7 @@ static __always_inline int parse_ipv6(struct packet *p, void *l3, void **next)
 	__builtin_memcpy(p->key.saddr, &ip6->saddr, sizeof(p->key.saddr));
 	__builtin_memcpy(p->key.daddr, &ip6->daddr, sizeof(p->key.daddr));
 	*next = ip6 + 1;
+	p->l4_off = p->l3_off + sizeof(*ip6);
 	return PARSE_OK;
 }
 

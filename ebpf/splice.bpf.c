@@ -4,7 +4,10 @@
  * (seq/ack, SACK, timestamps, window, optionally addresses and ports, MACs)
  * and sent straight out of the other side. Everything else passes untouched.
  * The per-packet pipeline is described in ebpf/README.md.
+ *
+ * Compiled twice (see ctx/ctx.h): for XDP, and with MOSTO_HOOK_TC for tc.
  */
+#include <stddef.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
@@ -12,35 +15,43 @@
 #include "csum.h"
 #include "maps.h"
 #include "parsing.h"
+#include "ctx/ctx.h"
 #include "splice_abi.h"
 #include "tcp_opts.h"
 
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_RST 0x04
 #define TCP_WINDOW_MAX 0xffff
 #define TCP_FLAGS_BYTE 13 /* offset of the flags byte in the TCP header */
+
+/* Out of line on purpose: FIN and RST are rare, and a real function puts
+ * struct splice_event into the object's BTF (through this prototype), where
+ * the ABI test compares it with user space's mirror. */
+static __noinline void fill_event(struct splice_event *ev, const struct splice_key *key,
+				  __u32 id, __u8 tcp_flags)
+{
+	ev->key = *key;
+	ev->id = id;
+	ev->tcp_flags = tcp_flags;
+	ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
+	ev->ts_ns = bpf_ktime_get_ns();
+}
 
 static __always_inline void report_fin_rst(const struct packet *p, const struct splice_entry *e)
 {
 	__u8 flags = ((__u8 *)p->tcp)[TCP_FLAGS_BYTE];
 	struct splice_event *ev;
 
-	if (!(flags & (TCP_FLAG_FIN | TCP_FLAG_RST)))
+	if (!(flags & (MOSTO_TCP_FIN | MOSTO_TCP_RST)))
 		return;
 	ev = bpf_ringbuf_reserve(&mosto_events, sizeof(*ev), 0);
 	if (!ev) {
 		count(CNT_EVENT_LOST);
 		return;
 	}
-	ev->key = p->key;
-	ev->id = e->id;
-	ev->tcp_flags = flags;
-	ev->pad[0] = ev->pad[1] = ev->pad[2] = 0;
-	ev->ts_ns = bpf_ktime_get_ns();
+	fill_event(ev, &p->key, e->id, flags);
 	bpf_ringbuf_submit(ev, 0);
 }
 
-static __always_inline struct splice_stats *update_stats(const struct packet *p,
+static __always_inline struct splice_stats *update_stats(struct ctx_buff *ctx,
 							 const struct splice_entry *e)
 {
 	__u32 id = e->id;
@@ -49,7 +60,7 @@ static __always_inline struct splice_stats *update_stats(const struct packet *p,
 	if (!st)
 		return NULL;
 	st->packets++;
-	st->bytes += p->data_end - p->data;
+	st->bytes += ctx_len(ctx);
 	st->last_seen_ns = bpf_ktime_get_coarse_ns();
 	return st;
 }
@@ -96,112 +107,120 @@ static __always_inline void set_u32(__be32 *field, __be32 value, struct csum_del
 	*field = value;
 }
 
-/* Rewrites addresses and ports; ip_csum collects what the IPv4 header sum needs. */
+/* Rewrites addresses and ports. Addresses are in the TCP pseudo-header
+ * (their delta goes to pseudo; for IPv4 it is also the header sum's delta),
+ * ports in the TCP header (hdr). */
 static __always_inline void rewrite_nat(struct packet *p, const struct splice_entry *e,
-					struct csum_delta *tcp_csum, struct csum_delta *ip_csum)
+					struct csum_delta *hdr, struct csum_delta *pseudo)
 {
 	struct tcphdr *tcp = p->tcp;
 	int i;
 
 	if (p->ip4) {
-		set_u32(&p->ip4->saddr, e->new_saddr[0], ip_csum);
-		set_u32(&p->ip4->daddr, e->new_daddr[0], ip_csum);
-		/* The pseudo-header makes the same change to the TCP sum. */
-		tcp_csum->even += ip_csum->even;
+		set_u32(&p->ip4->saddr, e->new_saddr[0], pseudo);
+		set_u32(&p->ip4->daddr, e->new_daddr[0], pseudo);
 	} else if (p->ip6) {
 		for (i = 0; i < 4; i++) {
-			set_u32(&p->ip6->saddr.in6_u.u6_addr32[i], e->new_saddr[i], tcp_csum);
-			set_u32(&p->ip6->daddr.in6_u.u6_addr32[i], e->new_daddr[i], tcp_csum);
+			set_u32(&p->ip6->saddr.in6_u.u6_addr32[i], e->new_saddr[i], pseudo);
+			set_u32(&p->ip6->daddr.in6_u.u6_addr32[i], e->new_daddr[i], pseudo);
 		}
 	}
 	/* Both ports form one 32-bit word at offset 0 of the TCP header. */
-	csum_delta_add32(tcp_csum, 0,
-			 ((__u32)bpf_ntohs(tcp->source) << 16) | bpf_ntohs(tcp->dest),
+	csum_delta_add32(hdr, 0, ((__u32)bpf_ntohs(tcp->source) << 16) | bpf_ntohs(tcp->dest),
 			 ((__u32)bpf_ntohs(e->new_sport) << 16) | bpf_ntohs(e->new_dport));
 	tcp->source = e->new_sport;
 	tcp->dest = e->new_dport;
 }
 
-/* Translates a packet of a spliced flow; returns 0, or -1 if it cannot be. */
-static __always_inline int translate(struct packet *p, const struct splice_entry *e)
+/* Translates a packet of a spliced flow; returns 0, or -1 if it cannot be.
+ * The TCP checksum goes last: on an skb its helper invalidates the packet
+ * pointers. */
+static __always_inline int translate(struct ctx_buff *ctx, struct packet *p,
+				     const struct splice_entry *e)
 {
-	struct csum_delta tcp_csum = {}, ip_csum = {};
+	struct csum_delta hdr = {}, pseudo = {};
 	struct tcphdr *tcp = p->tcp;
 	__u32 hdr_len = tcp->doff * 4;
 	__u16 window;
 
 	if (tcp->doff < TCP_MIN_DOFF || (void *)tcp + hdr_len > p->data_end)
 		return -1;
-	if (tcp_opts_rewrite(tcp, p->data_end, hdr_len - sizeof(*tcp), e, &tcp_csum))
+	if (tcp_opts_rewrite(tcp, p->data_end, hdr_len - sizeof(*tcp), e, &hdr))
 		return -1;
 
-	shift_u32(&tcp->seq, e->seq_delta, &tcp_csum);
-	shift_u32(&tcp->ack_seq, e->ack_delta, &tcp_csum);
+	shift_u32(&tcp->seq, e->seq_delta, &hdr);
+	shift_u32(&tcp->ack_seq, e->ack_delta, &hdr);
 	if (e->wscale_shift) {
 		window = window_shift(bpf_ntohs(tcp->window), e->wscale_shift);
 		/* window and checksum share one 32-bit word; checksum itself is excluded */
-		tcp_csum.even += csum_diff16(bpf_ntohs(tcp->window), window);
+		hdr.even += csum_diff16(bpf_ntohs(tcp->window), window);
 		tcp->window = bpf_htons(window);
 	}
-	if (e->flags & SPLICE_F_NAT)
-		rewrite_nat(p, e, &tcp_csum, &ip_csum);
-
-	tcp->check = bpf_htons(csum_apply(bpf_ntohs(tcp->check), csum_delta_fold(&tcp_csum)));
-	if (p->ip4 && (e->flags & SPLICE_F_NAT))
-		p->ip4->check = bpf_htons(csum_apply(bpf_ntohs(p->ip4->check),
-						     csum_delta_fold(&ip_csum)));
+	if (e->flags & SPLICE_F_NAT) {
+		rewrite_nat(p, e, &hdr, &pseudo);
+		/* The IPv4 header sum is never offloaded: a direct update is right
+		 * on every hook, and the frame's sum (CHECKSUM_COMPLETE) is unchanged. */
+		if (p->ip4)
+			p->ip4->check = bpf_htons(csum_apply(bpf_ntohs(p->ip4->check),
+							     csum_delta_fold(&pseudo)));
+	}
 
 	__builtin_memcpy(p->eth->h_source, e->smac, ETH_ALEN);
 	__builtin_memcpy(p->eth->h_dest, e->dmac, ETH_ALEN);
-	return 0;
+	return ctx_l4_csum_update(ctx, tcp, p->l4_off + offsetof(struct tcphdr, check), !!p->ip6,
+				  &hdr, &pseudo);
 }
 
-static __always_inline int forward(struct xdp_md *ctx, const struct splice_entry *e)
+static __always_inline int forward(struct ctx_buff *ctx, const struct splice_entry *e)
 {
 	int ret;
 
-	if (e->egress_ifindex == ctx->ingress_ifindex) {
+	if (e->egress_ifindex == ctx_ingress_ifindex(ctx)) {
 		count(CNT_HIT_TX);
-		return XDP_TX;
+		return ctx_tx(ctx);
 	}
-	ret = bpf_redirect_map(&mosto_tx_ports, e->egress_ifindex, XDP_DROP);
-	count(ret == XDP_REDIRECT ? CNT_HIT_REDIRECT : CNT_DROP_NO_EGRESS);
+	ret = ctx_redirect(ctx, e->egress_ifindex);
+	count(ctx_redirected(ret) ? CNT_HIT_REDIRECT : CNT_DROP_NO_EGRESS);
 	return ret;
 }
 
-SEC("xdp")
-int mosto_splice_prog(struct xdp_md *ctx)
+SEC(CTX_SEC)
+int mosto_splice_prog(struct ctx_buff *ctx)
 {
-	struct packet p = {
-		.data = (void *)(long)ctx->data,
-		.data_end = (void *)(long)ctx->data_end,
-	};
 	struct splice_stats *st;
 	struct splice_entry *e;
+	struct packet p = {};
 	int ret;
 
+	if (ctx_pull_headers(ctx)) {
+		count(CNT_PASS_TRUNCATED);
+		return CTX_PASS;
+	}
+	p.data = ctx_data(ctx);
+	p.data_end = ctx_data_end(ctx);
+	p.vlan_meta = ctx_vlan_meta(ctx);
 	ret = parse_packet(&p);
 	if (ret != PARSE_OK) {
 		count(ret);
-		return XDP_PASS;
+		return CTX_PASS;
 	}
 	e = bpf_map_lookup_elem(&mosto_splice, &p.key);
 	if (!e) {
 		count(CNT_PASS_MISS);
-		return XDP_PASS;
+		return CTX_PASS;
 	}
-	st = update_stats(&p, e);
+	st = update_stats(ctx, e);
 	report_fin_rst(&p, e);
 	if (e->flags & SPLICE_F_LEARN) {
 		learn_tsval(&p, e, st);
 		count(CNT_PASS_LEARN);
-		return XDP_PASS;
+		return CTX_PASS;
 	}
 	/* The proxy's socket is gone: if this packet reached the stack, the
 	 * kernel would answer with an RST. Drop what we cannot translate. */
-	if (translate(&p, e)) {
+	if (translate(ctx, &p, e)) {
 		count(CNT_DROP_BAD_TCP);
-		return XDP_DROP;
+		return CTX_DROP;
 	}
 	return forward(ctx, e);
 }

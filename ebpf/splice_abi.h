@@ -1,17 +1,18 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
 /*
- * The contract between the XDP program and user space: map keys, values and
- * counter indices. mosto/xdp/abi.py mirrors these layouts with ctypes; change
- * both together (test_abi.py compares them through the object's BTF).
+ * The C side of the data-plane contract: map keys, values, stats and the
+ * event, and the counter indices. Sizes, flags and the counter list come
+ * from shared/contract.h (shared with p4src/ and the Python package).
+ * control/mosto/targets/xdp/abi.py mirrors these layouts with ctypes; change
+ * both together (control/tests/kernel/test_xdp_target.py compares every
+ * field's name, offset and size with the object's BTF).
  */
 #ifndef MOSTO_SPLICE_ABI_H
 #define MOSTO_SPLICE_ABI_H
 
 #include <linux/types.h>
 
-#define MOSTO_MAX_ENTRIES 65536
-#define MOSTO_MAX_PORTS 64
-#define MOSTO_EVENTS_BYTES (256 * 1024)
+#include "contract.h"
 
 /* One direction of a spliced flow, as the packet arrives. Addresses and
  * ports are in network byte order; IPv4 uses saddr[0]/daddr[0], the rest is 0. */
@@ -25,9 +26,9 @@ struct splice_key {
 };
 
 enum splice_flags {
-	SPLICE_F_TS = 1 << 0,   /* shift TSval and TSecr */
-	SPLICE_F_NAT = 1 << 1,  /* rewrite addresses and ports */
-	SPLICE_F_LEARN = 1 << 2, /* proxy still owns the flow: record TSval, pass */
+	SPLICE_F_TS = MOSTO_SPLICE_F_TS,
+	SPLICE_F_NAT = MOSTO_SPLICE_F_NAT,
+	SPLICE_F_LEARN = MOSTO_SPLICE_F_LEARN,
 };
 
 /* What to do with a packet that hits. Deltas are added mod 2^32. */
@@ -67,22 +68,31 @@ struct splice_event {
 	__u64 ts_ns;
 };
 
-/* Global counters (mosto_counters, per CPU). Every packet lands in exactly one
- * HIT, PASS or DROP counter; CNT_EVENT_LOST counts events, not packets. */
+/* Global counters (mosto_counters, per CPU), indexed as MOSTO_COUNTERS says. */
 enum mosto_counter {
-	CNT_HIT_TX,           /* translated, sent back out of the ingress port */
-	CNT_HIT_REDIRECT,     /* translated, redirected to another port */
-	CNT_PASS_MISS,        /* TCP, no entry */
-	CNT_PASS_NOT_IP,      /* not IPv4/IPv6 (after at most one 802.1Q tag) */
-	CNT_PASS_NOT_TCP,     /* IPv4 protocol / IPv6 next header is not TCP */
-	CNT_PASS_TRUNCATED,   /* headers up to the fixed TCP header do not fit */
-	CNT_PASS_BAD_IP,      /* IPv4 IHL < 5 or version mismatch */
-	CNT_PASS_FRAGMENT,    /* IPv4 non-first fragment: no TCP header to match */
-	CNT_DROP_BAD_TCP,     /* spliced flow, but TCP header/options untranslatable */
-	CNT_DROP_NO_EGRESS,   /* spliced flow, egress port not in mosto_tx_ports */
-	CNT_EVENT_LOST,       /* ring buffer full: a FIN/RST event was not reported */
-	CNT_PASS_LEARN,       /* a learning entry's flow: TSval recorded, passed */
-	CNT_MAX,
+#define MOSTO_COUNTER_ENUM(NAME, name, index) CNT_##NAME = index,
+	MOSTO_COUNTERS(MOSTO_COUNTER_ENUM)
+#undef MOSTO_COUNTER_ENUM
+	CNT_MAX = MOSTO_NUM_COUNTERS,
 };
+
+/* CNT_MAX distinct indices, each below it: exactly 0..CNT_MAX-1. (CNT_MAX, not
+ * MOSTO_NUM_COUNTERS: a macro does not expand inside its own expansion.) */
+#define MOSTO_COUNTER_IN_RANGE(NAME, name, index) \
+	_Static_assert(index < CNT_MAX, "counter " #name ": index out of range");
+MOSTO_COUNTERS(MOSTO_COUNTER_IN_RANGE)
+#undef MOSTO_COUNTER_IN_RANGE
+
+/* Never called: a repeated index is a repeated case label, a compile error. */
+static inline __attribute__((unused)) int mosto_counter_indices_are_unique(int index)
+{
+	switch (index) {
+#define MOSTO_COUNTER_CASE(NAME, name, index) case index:
+	MOSTO_COUNTERS(MOSTO_COUNTER_CASE)
+#undef MOSTO_COUNTER_CASE
+		return 1;
+	}
+	return 0;
+}
 
 #endif /* MOSTO_SPLICE_ABI_H */

@@ -22,7 +22,7 @@ control MostoIngress(inout headers_t hdr,
                      inout standard_metadata_t standard_metadata) {
 
     /* Every frame lands in exactly one of them (enum mosto_counter). */
-    counter(MOSTO_COUNTERS, CounterType.packets) mosto_counters;
+    counter(MOSTO_NUM_COUNTERS, CounterType.packets) mosto_counters;
 
     action forward(bit<9> port) {
         standard_metadata.egress_spec = port;
@@ -41,7 +41,7 @@ control MostoIngress(inout headers_t hdr,
             drop;
         }
         default_action = forward(HOST_PORT);
-        size = 1024;
+        size = MOSTO_L2_ENTRIES;
     }
 
     Splice() splice;

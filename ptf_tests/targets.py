@@ -1,8 +1,10 @@
 """The data plane under test, as the PTF suite sees it: the same calls for
-XDP (through mosto.targets.xdp) and BMv2 (through mosto.targets.bmv2). Logical ports:
-0 and 1 are the switch ports; 2 is where a passed frame shows up (the host
-stack of the ingress interface for XDP, the forwarding table's host port for
-BMv2)."""
+XDP and tc (through mosto.targets.xdp) and BMv2 (through mosto.targets.bmv2).
+Logical ports: 0 and 1 are the switch ports; 2 is where a passed frame shows
+up (the host stack of the ingress interface for XDP; for tc, a veth that a
+filter after ours mirrors passed frames to, since packet sockets on the
+ingress interface see every frame before tc does; the forwarding table's
+host port for BMv2)."""
 
 from __future__ import annotations
 
@@ -29,25 +31,28 @@ class PtfTarget(Protocol):
 
 
 class XdpPtfTarget:
-    """The splice program attached (native mode) to the DUT veths."""
+    """The splice program attached to the DUT veths: native XDP, or tc."""
 
-    def __init__(self, dut_ports: list[str], peers: list[str]):
+    def __init__(self, dut_ports: list[str], peers: list[str], hook: str = "xdp"):
         from mosto.targets.xdp import libbpf
         from mosto.targets.xdp.target import XdpTarget
 
         self._dut = dut_ports
         self._peers = peers
-        self.xdp = XdpTarget(pin_dir=None)
+        self._hook = hook
+        self.xdp = XdpTarget(pin_dir=None, hook=hook)
         for ifname in dut_ports:
-            self.xdp.attach(ifname, "native")
-        # veth: XDP_TX and redirects reach the peer only if it runs XDP too.
-        self._pass = libbpf.BpfObject(str(REPO / "build" / "parse_only.bpf.o"), None)
-        for ifname in peers:
-            libbpf.xdp_attach(
-                socket.if_nametoindex(ifname),
-                self._pass.prog_fd("mosto_parse_only"),
-                libbpf.XDP_FLAGS_DRV_MODE,
-            )
+            self.xdp.attach(ifname, "native", hook=hook)
+        self._pass = None
+        if hook == "xdp":
+            # veth: XDP_TX and redirects reach the peer only if it runs XDP too.
+            self._pass = libbpf.BpfObject(str(REPO / "build" / "parse_only.bpf.o"), None)
+            for ifname in peers:
+                libbpf.xdp_attach(
+                    socket.if_nametoindex(ifname),
+                    self._pass.prog_fd("mosto_parse_only"),
+                    libbpf.XDP_FLAGS_DRV_MODE,
+                )
         self._events: list[tuple[FlowKey, int]] = []
         self._ring_cm = self.xdp.events(lambda ev: self._events.append((ev.key, ev.tcp_flags)))
         self._ring = self._ring_cm.__enter__()
@@ -82,18 +87,23 @@ class XdpPtfTarget:
         from mosto.targets.xdp.target import XdpTarget
 
         self._ring_cm.__exit__(None, None, None)
-        for ifname in self._dut + self._peers:
+        for ifname in self._dut:
+            XdpTarget.detach(ifname, self._hook)
+        for ifname in self._peers:
             XdpTarget.detach(ifname)
-        self._pass.close()
+        if self._pass:
+            self._pass.close()
         self.xdp.close()
 
 
 def open_target(params: dict) -> PtfTarget:
     kind = params.get("target")
-    if kind == "xdp":
-        return XdpPtfTarget(params["dut_ports"].split(","), params["peer_ports"].split(","))
+    if kind in ("xdp", "tc"):
+        return XdpPtfTarget(
+            params["dut_ports"].split(","), params["peer_ports"].split(","), hook=kind
+        )
     if kind == "bmv2":
         from bmv2_target import Bmv2PtfTarget
 
         return Bmv2PtfTarget(params)
-    raise ValueError(f"unknown target {kind!r}: expected xdp or bmv2")
+    raise ValueError(f"unknown target {kind!r}: expected xdp, tc or bmv2")

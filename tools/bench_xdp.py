@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Per-packet cost of the XDP splice program, from BPF_PROG_TEST_RUN.
+"""Per-packet cost of the splice program on both hooks, from BPF_PROG_TEST_RUN.
 
-Four configurations, measured side by side (interleaved rounds, median):
+Four configurations per hook (XDP: struct xdp_md; tc: struct __sk_buff, the
+same source built with -DMOSTO_HOOK_TC), measured side by side (interleaved
+rounds, median):
   parse-only   the baseline program: parsing and a counter, nothing else
   miss         the splice program, TCP frame with no entry
-  hit          the splice program, seq/ack translation, XDP_TX
+  hit          the splice program, seq/ack translation, back out (XDP_TX / bpf_redirect)
   hit+sack+ts  hit with 3 SACK blocks and a timestamp option rewritten
-Printed as ns/packet and as the ratio to the baseline.
+Printed as ns/packet, as the ratio to the same hook's baseline, and tc/XDP.
+BPF_PROG_TEST_RUN times the program alone: on a real link tc runs after the
+skb is built (and once per GSO super-frame), XDP before.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ptf_tests"))
 
 from mosto.dataplane.entry import parse_entry  # noqa: E402
 from mosto.targets.xdp import libbpf  # noqa: E402
-from mosto.targets.xdp.target import XdpTarget  # noqa: E402
+from mosto.targets.xdp.target import HOOKS, XdpTarget  # noqa: E402
 from mosto.testing.corpus import NOP, TS, entry, tcp4  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,34 +38,58 @@ def main() -> int:
     args = parser.parse_args()
 
     xdp = XdpTarget(pin_dir=None)
-    baseline = libbpf.BpfObject(str(REPO / "build" / "parse_only.bpf.o"), None)
-    # Ingress and egress are both lo (ifindex 1): hits leave by XDP_TX.
+    baselines = {
+        "xdp": libbpf.BpfObject(str(REPO / "build" / "parse_only.bpf.o"), None),
+        "tc": libbpf.BpfObject(str(REPO / "build" / "parse_only_tc.bpf.o"), None),
+    }
+    # Ingress and egress are both lo (ifindex 1): hits go back out (XDP_TX, or
+    # bpf_redirect to the ingress device).
     xdp.add(parse_entry(entry(egress="lo")))
     xdp.add(parse_entry(entry(sport=40001, egress="lo", timestamps=TS)))
-    cases = {
-        "parse-only": (baseline.prog_fd("mosto_parse_only"), bytes(tcp4())),
-        "miss": (xdp.prog_fd, bytes(tcp4(sport=40002))),
-        "hit": (xdp.prog_fd, bytes(tcp4())),
-        "hit+sack+ts": (xdp.prog_fd, bytes(tcp4(sport=40001, options=SACK_TS))),
+    frames = {
+        "parse-only": bytes(tcp4()),
+        "miss": bytes(tcp4(sport=40002)),
+        "hit": bytes(tcp4()),
+        "hit+sack+ts": bytes(tcp4(sport=40001, options=SACK_TS)),
     }
-    samples: dict[str, list[int]] = {name: [] for name in cases}
+    cases = {
+        (name, hook): (
+            baselines[hook].prog_fd("mosto_parse_only")
+            if name == "parse-only"
+            else xdp.hook_prog_fd(hook),
+            frame,
+        )
+        for hook in HOOKS
+        for name, frame in frames.items()
+    }
+    samples: dict[tuple[str, str], list[int]] = {key: [] for key in cases}
     for r in range(args.rounds):
-        for name, (fd, frame) in cases.items():
-            _, _, ns = libbpf.test_run(fd, frame, ingress_ifindex=1, repeat=args.repeat)
-            samples[name].append(ns)
+        for (name, hook), (fd, frame) in cases.items():
+            _, _, ns = libbpf.test_run(
+                fd, frame, ingress_ifindex=1, repeat=args.repeat, skb=hook == "tc"
+            )
+            samples[name, hook].append(ns)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
-    base = statistics.median(samples["parse-only"])
+    median = {key: statistics.median(values) for key, values in samples.items()}
     print(
-        f"\nXDP per-packet cost, BPF_PROG_TEST_RUN, repeat={args.repeat}, "
+        f"\nPer-packet cost, BPF_PROG_TEST_RUN, repeat={args.repeat}, "
         f"median of {args.rounds} interleaved rounds"
     )
-    print(f"{'case':<14}{'ns/packet':>10}{'x baseline':>12}   rounds (ns)")
-    for name, values in samples.items():
-        med = statistics.median(values)
-        print(f"{name:<14}{med:>10}{med / base:>12.2f}   {values}")
+    print(
+        f"{'case':<14}{'hook':<6}{'ns/packet':>10}{'x parse-only':>14}{'tc/xdp':>8}   rounds (ns)"
+    )
+    for name in frames:
+        for hook in HOOKS:
+            med = median[name, hook]
+            ratio = f"{med / median[name, 'xdp']:.2f}" if hook == "tc" else ""
+            print(
+                f"{name:<14}{hook:<6}{med:>10}{med / median['parse-only', hook]:>14.2f}"
+                f"{ratio:>8}   {samples[name, hook]}"
+            )
     xdp.close()
-    baseline.close()
+    for obj in baselines.values():
+        obj.close()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The fixture corpus through BPF_PROG_TEST_RUN, and through the reference model.
+"""The fixture corpus through BPF_PROG_TEST_RUN, on the XDP and the tc object.
 
 Katran-style: each record is an input frame, the entries, the expected
 verdict and the exact expected bytes; the corpus is mosto.testing.corpus (the
@@ -15,13 +15,11 @@ from mosto.dataplane.entry import parse_entry
 from mosto.testing.corpus import CASES, Case, install_docs
 from mosto.testing.pktdiff import explain_mismatch
 
-XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 1, 2, 3, 4
 
-
-def expected_xdp_verdict(case: Case) -> int:
+def expected_verdict(case: Case, verdicts: dict[str, int]) -> int:
     if case.verdict == "forward":
-        return XDP_TX if case.egress_port == 0 else XDP_REDIRECT
-    return {"pass": XDP_PASS, "drop": XDP_DROP}[case.verdict]
+        return verdicts["tx"] if case.egress_port == 0 else verdicts["redirect"]
+    return verdicts[case.verdict]
 
 
 def expected_counter(case: Case) -> str:
@@ -31,16 +29,16 @@ def expected_counter(case: Case) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_xdp_fixture(clean_xdp, ports, case: Case):
+def test_fixture(clean_xdp, ports, hook, verdicts, case: Case):
     frame = bytes(case.packet)
     entries = [parse_entry(d) for d in install_docs(case, ports)]
     ids = [clean_xdp.add(e) for e in entries]
     events = []
     with clean_xdp.events(events.append) as ring:
-        verdict, out, _ = clean_xdp.test_run(frame, ingress_ifindex=ports[0])
+        verdict, out, _ = clean_xdp.test_run(frame, ingress_ifindex=ports[0], hook=hook)
         ring.poll(0)
 
-    assert verdict == expected_xdp_verdict(case), f"{case.description}: verdict {verdict}"
+    assert verdict == expected_verdict(case, verdicts), f"{case.description}: verdict {verdict}"
     want = bytes(case.expected) if case.verdict == "forward" else frame
     if case.verdict != "drop":
         assert out == want, explain_mismatch(want, out)

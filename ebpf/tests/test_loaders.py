@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from mosto.targets.xdp.paths import find_object
+from mosto.targets.xdp.paths import SPLICE_TC_OBJECT, find_object
 from mosto.targets.xdp.target import MAPS
 
 # Where each loader pins maps declared LIBBPF_PIN_BY_NAME when told nothing else.
 IP_PIN_DIR = "/sys/fs/bpf/xdp/globals"
+TC_PIN_DIR = "/sys/fs/bpf/tc/globals"
 BPFTOOL_PIN_DIR = "/sys/fs/bpf"
 
 
@@ -51,6 +52,25 @@ def test_iproute2_attaches_the_object(veth):
     finally:
         subprocess.run(["ip", "link", "set", "dev", veth, "xdp", "off"], check=False)
         _remove_pins(IP_PIN_DIR)
+
+
+def test_tc_attaches_the_tc_object(veth):
+    obj = str(find_object(SPLICE_TC_OBJECT))
+    try:
+        subprocess.run(["tc", "qdisc", "add", "dev", veth, "clsact"], check=True)
+        r = subprocess.run(
+            ["tc", "filter", "add", "dev", veth, "ingress", "bpf", "da", "obj", obj, "sec", "tc"],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+        shown = subprocess.run(
+            ["tc", "filter", "show", "dev", veth, "ingress"], capture_output=True, text=True
+        ).stdout
+        assert "mosto_splice_pr" in shown and "direct-action" in shown
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", veth, "clsact"], check=False)
+        _remove_pins(TC_PIN_DIR)
 
 
 def test_bpftool_loads_the_object():

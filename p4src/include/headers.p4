@@ -1,10 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Headers, constants and metadata of the mosto splice program. The counter
- * indices mirror enum mosto_counter in ebpf/splice_abi.h, one for one.
+ * Headers, constants and metadata of the mosto splice program. Counter
+ * indices, table sizes and the event's TCP flags come from
+ * shared/contract.h, the header the XDP/tc program and the Python package
+ * read too (p4c runs the C preprocessor on P4 sources).
  */
 #ifndef _MOSTO_HEADERS_P4_
 #define _MOSTO_HEADERS_P4_
+
+#include "../../shared/contract.h"
 
 typedef bit<48> mac_addr_t;
 typedef bit<32> ipv4_addr_t;
@@ -23,9 +27,6 @@ const bit<32> TCP_MIN_HLEN = 20;
 const bit<4> IPV4_MIN_IHL = 5;
 const bit<4> TCP_MIN_DOFF = 5;
 
-const bit<8> TCP_FLAG_FIN = 0x01;
-const bit<8> TCP_FLAG_RST = 0x04;
-
 const bit<8> TCPOPT_EOL = 0;
 const bit<8> TCPOPT_NOP = 1;
 const bit<8> TCPOPT_SACK = 5;
@@ -37,22 +38,13 @@ const bit<8> TCPOLEN_TIMESTAMP = 10;
 const bit<8> FAMILY_IPV4 = 4;
 const bit<8> FAMILY_IPV6 = 6;
 
-/* Global counters: the same indices and meaning as enum mosto_counter. */
+/* Global counters: one constant per MOSTO_COUNTERS entry, CNT_<NAME> = index,
+ * as enum mosto_counter in ebpf/splice_abi.h. */
 typedef bit<32> mosto_counter_t;
-const mosto_counter_t CNT_HIT_TX = 0;         /* translated, back out of the ingress port */
-const mosto_counter_t CNT_HIT_REDIRECT = 1;   /* translated, out of another port */
-const mosto_counter_t CNT_PASS_MISS = 2;      /* TCP, no entry */
-const mosto_counter_t CNT_PASS_NOT_IP = 3;    /* not IPv4/IPv6 (after at most one 802.1Q tag) */
-const mosto_counter_t CNT_PASS_NOT_TCP = 4;   /* IPv4 protocol / IPv6 next header is not TCP */
-const mosto_counter_t CNT_PASS_TRUNCATED = 5; /* headers up to the fixed TCP header do not fit */
-const mosto_counter_t CNT_PASS_BAD_IP = 6;    /* IPv4 IHL < 5 or version mismatch */
-const mosto_counter_t CNT_PASS_FRAGMENT = 7;  /* IPv4 non-first fragment */
-const mosto_counter_t CNT_DROP_BAD_TCP = 8;   /* spliced flow, TCP header/options untranslatable */
-const mosto_counter_t CNT_DROP_NO_EGRESS = 9; /* spliced flow, egress port not in tx_ports */
-const mosto_counter_t CNT_EVENT_LOST = 10;    /* never counted here (see p4src/README.md) */
-const mosto_counter_t CNT_PASS_LEARN = 11;    /* a learning entry's flow: TSval reported, passed */
-#define MOSTO_COUNTERS 12
-const mosto_counter_t PARSE_OK = MOSTO_COUNTERS; /* any other value is the counter to count */
+#define MOSTO_COUNTER_CONST(NAME, name, index) const mosto_counter_t CNT_##NAME = index;
+MOSTO_COUNTERS(MOSTO_COUNTER_CONST)
+#undef MOSTO_COUNTER_CONST
+const mosto_counter_t PARSE_OK = MOSTO_NUM_COUNTERS; /* any other value is the counter to count */
 
 header ethernet_h {
     mac_addr_t dst_addr;

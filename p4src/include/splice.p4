@@ -175,7 +175,7 @@ control Splice(inout headers_t hdr,
         const default_action = NoAction();
         counters = mosto_stats;
         support_timeout = true;
-        size = 65536;
+        size = MOSTO_MAX_ENTRIES;
     }
 
     /* Ports a hit may be sent out of, other than its ingress port (the
@@ -188,7 +188,7 @@ control Splice(inout headers_t hdr,
             NoAction;
         }
         const default_action = NoAction();
-        size = 512;
+        size = MOSTO_MAX_PORTS;
     }
 
     SpliceTranslate() translate;
@@ -222,7 +222,7 @@ control Splice(inout headers_t hdr,
                 tsval = hdr.ts_b.tsval;
             }
         }
-        if (meta.learning || (hdr.tcp.flags & (TCP_FLAG_FIN | TCP_FLAG_RST)) != 0) {
+        if (meta.learning || (hdr.tcp.flags & (MOSTO_TCP_FIN | MOSTO_TCP_RST)) != 0) {
             digest<splice_event_t>(1, { meta.family, meta.src_addr, meta.dst_addr,
                                         hdr.tcp.src_port, hdr.tcp.dst_port, hdr.tcp.flags,
                                         meta.learning ? 1w1 : 1w0, has_tsval, tsval });

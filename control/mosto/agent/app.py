@@ -28,6 +28,7 @@ class AgentConfig:
     socket: str
     target: str = "xdp"  # or "bmv2"
     interfaces: list[str] = field(default_factory=list)  # XDP: attach to these
+    hook: str = "auto"  # xdp, tc, or auto: tc on veth interfaces, xdp on the others
     mode: str = "auto"  # XDP mode: native, generic or auto
     pin_dir: str = "/sys/fs/bpf/mosto"
     ports: dict[str, int] = field(default_factory=dict)  # BMv2: host interface -> port
@@ -51,13 +52,25 @@ class AgentConfig:
 def open_target(cfg: AgentConfig) -> tuple[Target, dict[str, int] | None]:
     """The data plane, and (for a switch) the port of each host interface."""
     if cfg.target == "xdp":
-        from mosto.targets.xdp.target import XdpTarget
+        from mosto.targets.xdp.target import HOOKS, XdpTarget, default_hook
 
         if cfg.ports:
             raise ConfigError("--port is for --target bmv2")
-        xdp = XdpTarget(pin_dir=cfg.pin_dir)
-        for ifname in cfg.interfaces:
-            log.info("XDP attached to %s (%s)", ifname, xdp.attach(ifname, cfg.mode))
+        if cfg.hook not in (*HOOKS, "auto"):
+            raise ConfigError(f"--hook expects auto, xdp or tc, got {cfg.hook!r}")
+        hooks = {
+            ifname: default_hook(ifname) if cfg.hook == "auto" else cfg.hook
+            for ifname in cfg.interfaces
+        }
+        # One set of maps; the other hook's object, if needed, shares them.
+        first = next(iter(hooks.values()), "xdp" if cfg.hook == "auto" else cfg.hook)
+        xdp = XdpTarget(pin_dir=cfg.pin_dir, hook=first)
+        for ifname, hook in hooks.items():
+            how = xdp.attach(ifname, cfg.mode, hook=hook)
+            if hook == "tc":
+                log.info("attached to %s: tc (clsact ingress)", ifname)
+            else:
+                log.info("attached to %s: XDP (%s)", ifname, how)
         return xdp, None
     from mosto.targets.bmv2.target import Bmv2Target
 

@@ -10,6 +10,7 @@ import sys
 # `func` on the parser; imported lazily so `mosto chains` never loads libbpf.
 SUBCOMMANDS = (
     "mosto.cli.xdp",
+    "mosto.cli.tc",
     "mosto.cli.entry",
     "mosto.cli.agent",
     "mosto.cli.proxy",

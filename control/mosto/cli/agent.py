@@ -31,7 +31,9 @@ def _agent(args: argparse.Namespace) -> int:
         socket=args.socket,
         target=args.target,
         interfaces=args.interfaces,
-        mode=args.mode,
+        # --mode is an XDP option: asking for one asks for XDP.
+        hook="xdp" if args.hook == "auto" and args.mode is not None else args.hook,
+        mode=args.mode or "auto",
         pin_dir=args.pin_dir,
         ports=ports,
         grpc_addr=args.grpc_addr,
@@ -123,10 +125,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("agent", parents=[sock], help="run the offload agent (needs root)")
     p.add_argument(
-        "interfaces", nargs="*", metavar="IFACE", help="attach XDP to these interfaces first"
+        "interfaces",
+        nargs="*",
+        metavar="IFACE",
+        help="attach the splice program (XDP or tc) to these interfaces first",
     )
     p.add_argument("--target", choices=["xdp", "bmv2"], default="xdp")
-    p.add_argument("--mode", choices=["native", "generic", "auto"], default="auto")
+    p.add_argument(
+        "--hook",
+        choices=["auto", "xdp", "tc"],
+        default="auto",
+        help="where the program runs: XDP, or tc (clsact ingress); auto: tc on veth "
+        "interfaces, XDP on the others, XDP everywhere if --mode is given (default auto)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=["native", "generic", "auto"],
+        default=None,
+        help="XDP mode (default auto: native, else generic); implies --hook xdp under auto",
+    )
     p.add_argument("--pin-dir", default=DEFAULT_PIN_DIR)
     bm = p.add_argument_group("--target bmv2")
     bm.add_argument("--grpc-addr", default="127.0.0.1:9559", help="P4Runtime server")

@@ -1,9 +1,11 @@
-"""The XDP target against the kernel: ABI layout, pinned maps, the CLI."""
+"""The XDP target against the kernel: ABI layout (map sizes, and every struct
+field against the object's BTF), pinned maps, the CLI."""
 
 from __future__ import annotations
 
 import ctypes
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,15 +17,137 @@ from pyroute2 import IPRoute
 
 from mosto.dataplane.entry import parse_entry
 from mosto.targets.xdp import abi, libbpf
+from mosto.targets.xdp.paths import find_object
 from mosto.targets.xdp.target import TargetError, XdpTarget
 
 
-def test_ctypes_mirrors_match_the_object():
+def test_map_sizes_match_the_mirrors():
     with XdpTarget(pin_dir=None) as t:
         sizes = t.map_sizes()
     assert sizes["mosto_splice"] == (ctypes.sizeof(abi.SpliceKey), ctypes.sizeof(abi.SpliceEntry))
     assert sizes["mosto_stats"][1] == ctypes.sizeof(abi.SpliceStats)
     assert sizes["mosto_counters"] == (4, 8)
+
+
+# -- the ABI through the object's BTF ------------------------------------------
+
+MIRRORS = {
+    "splice_key": abi.SpliceKey,
+    "splice_entry": abi.SpliceEntry,
+    "splice_stats": abi.SpliceStats,
+    "splice_event": abi.SpliceEvent,
+}
+# (map, "key" or "value") -> the C type user space reads and writes there
+MAP_TYPES = {
+    ("mosto_splice", "key"): "splice_key",
+    ("mosto_splice", "value"): "splice_entry",
+    ("mosto_stats", "key"): "__u32",
+    ("mosto_stats", "value"): "splice_stats",
+    ("mosto_counters", "key"): "__u32",
+    ("mosto_counters", "value"): "__u64",
+    ("mosto_tx_ports", "key"): "__u32",
+    ("mosto_tx_ports", "value"): "__u32",
+}
+SCALARS = {
+    ctypes.c_uint8: (1, False),
+    ctypes.c_int8: (1, True),
+    ctypes.c_uint16: (2, False),
+    ctypes.c_uint32: (4, False),
+    ctypes.c_uint64: (8, False),
+}
+
+
+class Btf:
+    """The types of an object's .BTF, from `bpftool btf dump -j`."""
+
+    def __init__(self, obj: Path):
+        if shutil.which("bpftool") is None:
+            pytest.skip("bpftool not installed: cannot read the object's BTF")
+        out = subprocess.run(
+            ["bpftool", "btf", "dump", "file", str(obj), "-j"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        self.types = {t["id"]: t for t in json.loads(out)["types"]}
+
+    def named(self, kind: str, name: str) -> dict:
+        found = [t for t in self.types.values() if t["kind"] == kind and t["name"] == name]
+        assert len(found) == 1, f"{kind} {name}: {len(found)} in the object's BTF"
+        return found[0]
+
+    def resolve(self, type_id: int) -> dict:
+        """Through typedefs and qualifiers to the type itself."""
+        t = self.types[type_id]
+        while t["kind"] in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"):
+            t = self.types[t["type_id"]]
+        return t
+
+    def size(self, t: dict) -> int:
+        if t["kind"] == "ARRAY":
+            return t["nr_elems"] * self.size(self.resolve(t["type_id"]))
+        return t["size"]
+
+    def typedef_name(self, type_id: int) -> str:
+        t = self.types[type_id]
+        return t["name"] if t["kind"] in ("TYPEDEF", "STRUCT") else self.resolve(type_id)["name"]
+
+
+def same_layout(btf: Btf, t: dict, ctype: type, where: str) -> list[str]:
+    """Every difference between a BTF type and a ctypes type, as text."""
+    diffs: list[str] = []
+    if issubclass(ctype, ctypes.Structure):
+        if t["kind"] != "STRUCT":
+            return [f"{where}: {t['kind']} in C, a struct in Python"]
+        members = t["members"]
+        fields = ctype._fields_
+        if [m["name"] for m in members] != [f[0] for f in fields]:
+            diffs.append(
+                f"{where}: fields {[m['name'] for m in members]} in C, "
+                f"{[f[0] for f in fields]} in Python"
+            )
+        for m, (name, ftype) in zip(members, fields, strict=False):
+            field = getattr(ctype, name)
+            mt = btf.resolve(m["type_id"])
+            if m["bits_offset"] != 8 * field.offset or btf.size(mt) != field.size:
+                diffs.append(
+                    f"{where}.{m['name']}: offset {m['bits_offset'] // 8} size {btf.size(mt)}"
+                    f" in C, {name} at offset {field.offset} size {field.size} in Python"
+                )
+            diffs += same_layout(btf, mt, ftype, f"{where}.{m['name']}")
+        if t["size"] != ctypes.sizeof(ctype):
+            diffs.append(f"{where}: {t['size']} bytes in C, {ctypes.sizeof(ctype)} in Python")
+    elif issubclass(ctype, ctypes.Array):
+        if t["kind"] != "ARRAY" or t["nr_elems"] != ctype._length_:
+            diffs.append(f"{where}: {t.get('nr_elems')} elements in C, {ctype._length_} in Python")
+        else:
+            diffs += same_layout(btf, btf.resolve(t["type_id"]), ctype._type_, f"{where}[]")
+    else:
+        size, signed = SCALARS[ctype]
+        if t["kind"] != "INT" or t["size"] != size or (t["encoding"] == "SIGNED") != signed:
+            diffs.append(f"{where}: {t['kind']} {t.get('size')} {t.get('encoding')} in C, {ctype}")
+    return diffs
+
+
+@pytest.fixture(scope="module")
+def btf() -> Btf:
+    return Btf(find_object())
+
+
+@pytest.mark.parametrize("name", sorted(MIRRORS))
+def test_struct_layout_matches_the_btf(btf, name):
+    """Every field's name, offset, size and type: a reordering of two fields
+    of the same size moves their names, which fails here."""
+    assert same_layout(btf, btf.named("STRUCT", name), MIRRORS[name], name) == []
+
+
+def test_maps_hold_the_mirrored_types(btf):
+    maps = {v["name"]: btf.resolve(v["type_id"]) for v in btf.types.values() if v["kind"] == "VAR"}
+    for (map_name, part), c_type in MAP_TYPES.items():
+        member = next(m for m in maps[map_name]["members"] if m["name"] == part)
+        pointee = btf.types[member["type_id"]]  # __type(key, T) is a T *
+        assert pointee["kind"] == "PTR", (map_name, part)
+        assert btf.typedef_name(pointee["type_id"]) == c_type, (map_name, part)
 
 
 @pytest.fixture
@@ -150,3 +274,70 @@ def test_cli_attaches_in_generic_mode_too(veth, pin_dir):
     r = mosto("xdp", "detach", veth)
     assert "detached from" in r.stdout and "(generic)" in r.stdout
     assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_SKB_MODE) == 0
+
+
+# -- the tc hook -------------------------------------------------------------
+
+
+def test_cli_tc_attach_shares_the_maps_with_xdp(veth, pin_dir):
+    r = mosto("tc", "attach", veth, "--pin-dir", pin_dir)
+    assert r.returncode == 0, r.stderr
+    assert f"attached to {veth} (tc ingress)" in r.stdout
+    assert XdpTarget.attached_tc(veth) != 0
+    shown = subprocess.run(
+        ["tc", "filter", "show", "dev", veth, "ingress"], capture_output=True, text=True
+    ).stdout
+    assert "handle 0x6d6f7374 mosto_splice_pr" in shown and "direct-action" in shown
+    # Attaching again replaces mosto's filter instead of adding a second one.
+    r = mosto("tc", "attach", veth, "--pin-dir", pin_dir)
+    assert r.returncode == 0, r.stderr
+    shown = subprocess.run(
+        ["tc", "filter", "show", "dev", veth, "ingress"], capture_output=True, text=True
+    ).stdout
+    assert shown.count("handle 0x6d6f7374") == 1
+    # XDP on the peer, from the same pins: one set of entries for both hooks.
+    r = mosto("xdp", "attach", veth + "p", "--mode", "native", "--pin-dir", pin_dir)
+    assert r.returncode == 0, r.stderr
+    with XdpTarget(pin_dir=pin_dir, load=False) as t:
+        t.add(parse_entry(_to(veth)))
+    listed = json.loads(mosto("entry", "list", "--json", "--pin-dir", pin_dir).stdout)
+    assert [parse_entry(d).match for d in listed] == [parse_entry(_to(veth)).match]
+
+    r = mosto("tc", "detach", veth)
+    assert r.returncode == 0 and f"detached from {veth} (tc ingress)" in r.stdout
+    assert XdpTarget.attached_tc(veth) == 0
+    r = mosto("tc", "detach", veth)
+    assert r.returncode == 0 and "nothing attached" in r.stdout
+    mosto("xdp", "detach", veth + "p")
+
+
+def test_default_hook_is_tc_on_veth_only(veth):
+    from mosto.targets.xdp.target import default_hook
+
+    assert default_hook(veth) == "tc"
+    assert default_hook("lo") == "xdp"
+
+
+def test_agent_picks_the_hook_per_interface_and_says_so(veth, pin_dir, caplog):
+    import logging
+
+    from mosto.agent.app import AgentConfig, open_target
+
+    caplog.set_level(logging.INFO, logger="mosto.agent")
+    cfg = AgentConfig(socket="/nonexistent", interfaces=[veth], pin_dir=pin_dir)
+    target, _ = open_target(cfg)
+    try:
+        assert XdpTarget.attached_tc(veth) != 0
+        assert libbpf.xdp_query_id(socket.if_nametoindex(veth), libbpf.XDP_FLAGS_DRV_MODE) == 0
+        assert f"attached to {veth}: tc (clsact ingress)" in caplog.text
+    finally:
+        XdpTarget.detach(veth, "tc")
+        target.close()
+    cfg = AgentConfig(socket="/nonexistent", interfaces=[veth], pin_dir=pin_dir, hook="xdp")
+    target, _ = open_target(cfg)
+    try:
+        assert f"attached to {veth}: XDP (native)" in caplog.text
+        assert XdpTarget.attached_tc(veth) == 0
+    finally:
+        XdpTarget.detach(veth)
+        target.close()

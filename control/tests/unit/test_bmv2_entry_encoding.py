@@ -201,15 +201,14 @@ def test_wrong_program_is_refused():
         enc.P4Names(p4info_pb2.P4Info())
 
 
-def test_counter_indices_match_the_p4_program_and_the_xdp_abi():
-    from mosto.dataplane.counters import COUNTERS
-
-    text = (REPO / "p4src" / "include" / "headers.p4").read_text()
-    p4 = {
-        int(idx): name.lower()
-        for name, idx in re.findall(r"const mosto_counter_t CNT_(\w+) = (\d+);", text)
-    }
-    assert [p4[i] for i in sorted(p4)] == list(COUNTERS)
+def test_p4_takes_counters_and_sizes_from_the_contract():
+    """The P4 program has no counter indices or table sizes of its own: they
+    come from shared/contract.h, which the Python package parses too."""
+    sources = "".join(p.read_text() for p in (REPO / "p4src").rglob("*.p4"))
+    assert '#include "../../shared/contract.h"' in sources
+    assert "MOSTO_COUNTERS(MOSTO_COUNTER_CONST)" in sources
+    assert re.findall(r"CNT_\w+\s*=\s*\d", sources) == []
+    assert re.findall(r"size\s*=\s*\d", sources) == []
 
 
 @pytest.mark.skipif(not COMPILED_P4INFO.exists(), reason="no compiled P4Info (make bmv2-test)")

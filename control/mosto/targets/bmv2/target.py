@@ -19,6 +19,7 @@ from pathlib import Path
 
 from p4.v1 import p4runtime_pb2
 
+from mosto.dataplane import contract
 from mosto.dataplane.counters import COUNTERS
 from mosto.dataplane.entry import Entry, EntryError, FlowKey
 from mosto.targets.base import EntryStats, IdAllocator, SpliceEvent, TableFull, TargetError
@@ -29,7 +30,7 @@ L2_TABLE = "MostoIngress.l2_forward"
 L2_ACTION = "MostoIngress.forward"
 
 DEFAULT_GRPC_ADDR = "127.0.0.1:9559"
-MAX_ENTRIES = 65536  # size of mosto_splice in p4src/include/splice.p4
+MAX_ENTRIES = contract.MAX_ENTRIES  # size of mosto_splice (shared/contract.h)
 POLL_INTERVAL_S = 0.005
 
 

@@ -1,4 +1,7 @@
-"""ctypes mirrors of ebpf/splice_abi.h, and the Entry <-> map record encoding."""
+"""ctypes mirrors of ebpf/splice_abi.h, and the Entry <-> map record encoding.
+Sizes and flags come from shared/contract.h (mosto.dataplane.contract); the
+layouts are checked field by field against the object's BTF
+(control/tests/kernel/test_xdp_target.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +9,13 @@ import ctypes
 import ipaddress
 import socket
 
+from mosto.dataplane import contract
 from mosto.dataplane.entry import Entry, FlowKey
 
-MAX_ENTRIES = 65536
-SPLICE_F_TS = 1 << 0
-SPLICE_F_NAT = 1 << 1
-SPLICE_F_LEARN = 1 << 2
+MAX_ENTRIES = contract.MAX_ENTRIES
+SPLICE_F_TS = contract.SPLICE_F_TS
+SPLICE_F_NAT = contract.SPLICE_F_NAT
+SPLICE_F_LEARN = contract.SPLICE_F_LEARN
 
 
 _u32x4 = ctypes.c_uint32 * 4

@@ -22,6 +22,11 @@ BPF_ANY = 0
 BPF_NOEXIST = 1
 BPF_EXIST = 2
 
+# enum bpf_tc_attach_point, enum bpf_tc_flags (libbpf.h)
+BPF_TC_INGRESS = 1 << 0
+BPF_TC_EGRESS = 1 << 1
+BPF_TC_F_REPLACE = 1 << 0
+
 
 class BpfError(OSError):
     """A libbpf call failed; carries errno and what was attempted."""
@@ -53,6 +58,10 @@ _SIGNATURES: list[tuple[Any, ...]] = [
     ("bpf_xdp_detach", ctypes.c_int, ctypes.c_int, ctypes.c_uint32, _p),
     ("bpf_xdp_query_id", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)),
     ("bpf_prog_test_run_opts", ctypes.c_int, ctypes.c_int, _p),
+    ("bpf_tc_hook_create", ctypes.c_int, _p),
+    ("bpf_tc_attach", ctypes.c_int, _p, _p),
+    ("bpf_tc_detach", ctypes.c_int, _p, _p),
+    ("bpf_tc_query", ctypes.c_int, _p, _p),
     ("libbpf_num_possible_cpus", ctypes.c_int),
     ("ring_buffer__poll", ctypes.c_int, _p, ctypes.c_int),
     ("ring_buffer__free", None, _p),
@@ -133,6 +142,51 @@ class XdpMd(ctypes.Structure):
     ]
 
 
+class SkBuff(ctypes.Structure):
+    """The head of struct __sk_buff, as far as BPF_PROG_TEST_RUN lets a caller
+    set it (up to cb[]; the kernel zero-fills the rest)."""
+
+    _fields_ = [
+        ("len", ctypes.c_uint32),
+        ("pkt_type", ctypes.c_uint32),
+        ("mark", ctypes.c_uint32),
+        ("queue_mapping", ctypes.c_uint32),
+        ("protocol", ctypes.c_uint32),
+        ("vlan_present", ctypes.c_uint32),
+        ("vlan_tci", ctypes.c_uint32),
+        ("vlan_proto", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+        ("tc_index", ctypes.c_uint32),
+        ("cb", ctypes.c_uint32 * 5),
+    ]
+
+
+class BpfTcHook(ctypes.Structure):
+    """struct bpf_tc_hook (libbpf 1.1); the trailing `size_t :0` is alignment."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("ifindex", ctypes.c_int),
+        ("attach_point", ctypes.c_int),
+        ("parent", ctypes.c_uint32),
+    ]
+
+
+class BpfTcOpts(ctypes.Structure):
+    """struct bpf_tc_opts (libbpf 1.1)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("prog_fd", ctypes.c_int),
+        ("flags", ctypes.c_uint32),
+        ("prog_id", ctypes.c_uint32),
+        ("handle", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+    ]
+
+
 def probe_map_type(map_type: int) -> bool:
     return _check(_lib.libbpf_probe_bpf_map_type(map_type, None), "probe map type") == 1
 
@@ -191,9 +245,11 @@ def map_keys(fd: int, key_type: type) -> list:
 
 
 class BpfObject:
-    """An opened and loaded BPF object file (bpf_object)."""
+    """An opened and loaded BPF object file (bpf_object). Maps named in reuse
+    (name -> fd) are shared with the object that holds them, pinned or not:
+    that is how the XDP and the tc object use one set of maps."""
 
-    def __init__(self, path: str, pin_dir: str | None):
+    def __init__(self, path: str, pin_dir: str | None, reuse: dict[str, int] | None = None):
         self._obj = _lib.bpf_object__open_file(path.encode(), None)
         if not self._obj:
             _check(-ctypes.get_errno() or -1, f"open {path}")
@@ -204,7 +260,10 @@ class BpfObject:
             self.maps[name] = m
             # Pinning by name needs a directory; without one the maps stay private.
             pin = f"{pin_dir}/{name}" if pin_dir else None
-            if pin and os.path.exists(pin):
+            if reuse and name in reuse:
+                _check(_lib.bpf_map__reuse_fd(m, reuse[name]), f"reuse {name}")
+                pin = None
+            elif pin and os.path.exists(pin):
                 # Reuse the pinned map ourselves: libbpf 1.1 compares its flags and
                 # refuses a devmap, to which the kernel adds BPF_F_RDONLY_PROG.
                 fd = obj_get(pin)
@@ -259,13 +318,19 @@ def xdp_query_id(ifindex: int, flags: int) -> int:
 
 
 def test_run(
-    prog_fd: int, frame: bytes, ingress_ifindex: int = 1, repeat: int = 1
+    prog_fd: int, frame: bytes, ingress_ifindex: int = 1, repeat: int = 1, skb: bool = False
 ) -> tuple[int, bytes, int]:
-    """BPF_PROG_TEST_RUN: returns (verdict, output frame, mean ns per run)."""
+    """BPF_PROG_TEST_RUN: returns (verdict, output frame, mean ns per run).
+    skb: the program is a tc one (struct __sk_buff context), else XDP."""
     data_in = ctypes.create_string_buffer(frame, len(frame))
     out_size = len(frame) + 256
     data_out = ctypes.create_string_buffer(out_size)
-    ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=ingress_ifindex)
+    ctx: ctypes.Structure
+    if skb:
+        # ifindex gives the skb its device (ingress_ifindex alone does not)
+        ctx = SkBuff(ingress_ifindex=ingress_ifindex, ifindex=ingress_ifindex)
+    else:
+        ctx = XdpMd(data=0, data_end=len(frame), ingress_ifindex=ingress_ifindex)
     opts = BpfTestRunOpts(
         sz=ctypes.sizeof(BpfTestRunOpts),
         data_in=ctypes.cast(data_in, _p),
@@ -278,6 +343,66 @@ def test_run(
     )
     _check(_lib.bpf_prog_test_run_opts(prog_fd, ctypes.addressof(opts)), "BPF_PROG_TEST_RUN")
     return opts.retval, data_out.raw[: opts.data_size_out], opts.duration
+
+
+# tc through libbpf's bpf_tc_* rather than pyroute2's tc support: the program
+# fd is libbpf's already, these are the netlink requests `tc filter add ... bpf
+# da` makes, and both hooks then go through one library and one error path.
+
+
+def _tc_hook(ifindex: int, point: int = BPF_TC_INGRESS) -> BpfTcHook:
+    return BpfTcHook(sz=ctypes.sizeof(BpfTcHook), ifindex=ifindex, attach_point=point)
+
+
+def tc_attach(
+    ifindex: int,
+    prog_fd: int,
+    handle: int,
+    priority: int,
+    point: int = BPF_TC_INGRESS,
+    create: bool = True,
+) -> None:
+    """prog_fd as a direct-action filter at clsact ingress (or egress) of
+    ifindex, replacing whatever filter has this handle and priority there.
+    create: add clsact first (EEXIST is fine, but libbpf logs the kernel's
+    complaint; a caller that knows clsact is there passes False)."""
+    hook = _tc_hook(ifindex, point)
+    ret = _lib.bpf_tc_hook_create(ctypes.byref(hook)) if create else 0
+    if ret != -errno.EEXIST:
+        _check(ret, f"create clsact on ifindex {ifindex}")
+    opts = BpfTcOpts(
+        sz=ctypes.sizeof(BpfTcOpts),
+        prog_fd=prog_fd,
+        flags=BPF_TC_F_REPLACE,
+        handle=handle,
+        priority=priority,
+    )
+    _check(
+        _lib.bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)),
+        f"attach tc to ifindex {ifindex}",
+    )
+
+
+def tc_query(ifindex: int, handle: int, priority: int) -> int:
+    """The id of the program in the filter (handle, priority) at ingress; 0 if none."""
+    hook = _tc_hook(ifindex)
+    opts = BpfTcOpts(sz=ctypes.sizeof(BpfTcOpts), handle=handle, priority=priority)
+    ret = _lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+    if ret in (-errno.ENOENT, -errno.EINVAL):  # no such filter; EINVAL: no clsact
+        return 0
+    _check(ret, f"query tc on ifindex {ifindex}")
+    return opts.prog_id
+
+
+def tc_detach(ifindex: int, handle: int, priority: int) -> None:
+    """Removes the filter (handle, priority) at ingress; clsact stays, since
+    other filters may hang on it."""
+    hook = _tc_hook(ifindex)
+    opts = BpfTcOpts(sz=ctypes.sizeof(BpfTcOpts), handle=handle, priority=priority)
+    _check(
+        _lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts)),
+        f"detach tc from ifindex {ifindex}",
+    )
 
 
 class RingBuffer:

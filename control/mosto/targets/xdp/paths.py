@@ -1,8 +1,9 @@
 """Where the XDP target finds its things, importable without libbpf (the CLI's
 defaults come from here).
 
-The BPF object is looked up, first match wins, in:
-  1. $MOSTO_BPF_OBJECT (a file), or $MOSTO_BPF_DIR/<name> (a directory);
+The BPF objects (splice.bpf.o for XDP, splice_tc.bpf.o for tc: one source,
+see ebpf/ctx/) are looked up, first match wins, in:
+  1. $MOSTO_BPF_OBJECT (a file; XDP only), or $MOSTO_BPF_DIR/<name> (a directory);
   2. the build/ folder of the checkout this package runs from (editable install);
   3. <sys.prefix>/share/mosto, /usr/local/share/mosto, /usr/share/mosto
      (`make install-objects PREFIX=...` puts them there).
@@ -16,6 +17,8 @@ from pathlib import Path
 
 DEFAULT_PIN_DIR = "/sys/fs/bpf/mosto"
 SPLICE_OBJECT = "splice.bpf.o"
+SPLICE_TC_OBJECT = "splice_tc.bpf.o"
+HOOK_OBJECTS = {"xdp": SPLICE_OBJECT, "tc": SPLICE_TC_OBJECT}
 _CHECKOUT = Path(__file__).resolve().parents[4]
 
 

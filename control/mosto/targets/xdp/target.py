@@ -1,4 +1,10 @@
-"""The XDP target: load and attach the splice program, and drive its maps."""
+"""The XDP target: load and attach the splice program, and drive its maps.
+
+One set of maps, two hooks: the same program source is built for XDP
+(splice.bpf.o) and for tc (splice_tc.bpf.o, clsact ingress, direct-action).
+Whichever object loads first creates (or reuses the pinned) maps; the other
+reuses its map fds, so entries, stats, counters and events are shared by
+every interface, whatever its hook."""
 
 from __future__ import annotations
 
@@ -15,11 +21,22 @@ from mosto.dataplane.entry import Entry, FlowKey
 from mosto.targets.base import EntryStats, IdAllocator, SpliceEvent, TableFull, TargetError
 from mosto.targets.xdp import abi, libbpf
 from mosto.targets.xdp.bpffs import BpffsError, ensure_bpffs
-from mosto.targets.xdp.features import MissingFeature, require_bpf_features
-from mosto.targets.xdp.paths import DEFAULT_PIN_DIR, ObjectNotFound, find_object
+from mosto.targets.xdp.features import (
+    BPF_PROG_TYPE_SCHED_CLS,
+    BPF_PROG_TYPE_XDP,
+    MissingFeature,
+    require_bpf_features,
+)
+from mosto.targets.xdp.paths import DEFAULT_PIN_DIR, HOOK_OBJECTS, ObjectNotFound, find_object
 
-__all__ = ["DEFAULT_PIN_DIR", "MAPS", "TargetError", "XdpTarget"]
+__all__ = ["DEFAULT_PIN_DIR", "HOOKS", "MAPS", "TargetError", "XdpTarget", "default_hook"]
 PROGRAM = "mosto_splice_prog"
+HOOKS = ("xdp", "tc")
+PROG_TYPES = {"xdp": BPF_PROG_TYPE_XDP, "tc": BPF_PROG_TYPE_SCHED_CLS}
+# Our filter among others at clsact ingress: a handle no one picks by chance
+# ("most"), and the first priority, so it runs before filters added without one.
+TC_HANDLE = 0x6D6F7374
+TC_PRIORITY = 1
 MAPS = ("mosto_splice", "mosto_stats", "mosto_counters", "mosto_tx_ports", "mosto_events")
 MODES = {
     "native": libbpf.XDP_FLAGS_DRV_MODE,
@@ -36,6 +53,35 @@ def ifindex_of(egress: int | str) -> int:
         return socket.if_nametoindex(egress)
     except OSError:
         raise TargetError(f"no interface named {egress!r}") from None
+
+
+def is_veth(ifname: str) -> bool:
+    try:
+        driver = os.path.basename(os.readlink(f"/sys/class/net/{ifname}/device/driver"))
+    except OSError:
+        driver = ""
+    if driver:
+        return False  # a device with a bus driver is hardware, whatever its name
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = ipr.link("get", index=ifindex_of(ifname))
+    info = links[0].get_attr("IFLA_LINKINFO") if links else None
+    return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
+
+
+def has_clsact(ifindex: int) -> bool:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
+
+
+def default_hook(ifname: str) -> str:
+    """tc on veth, XDP elsewhere. Native XDP on veth needs XDP (or GRO) on the
+    peer of every redirect target and turns GSO off on the path, so every
+    1500-byte frame costs a run; tc sees GSO super-frames of up to 64 KiB."""
+    return "tc" if is_veth(ifname) else "xdp"
 
 
 def ifname_of(ifindex: int) -> int | str:
@@ -56,30 +102,25 @@ class XdpTarget:
         pin_dir: str | None = DEFAULT_PIN_DIR,
         obj_path: Path | str | None = None,
         load: bool = True,
+        hook: str = "xdp",
     ):
+        """hook: the program loaded first (obj_path is its object; default
+        from the search path); the other hook's loads when first attached."""
+        if hook not in HOOKS:
+            raise TargetError(f"unknown hook {hook!r}: expected one of {', '.join(HOOKS)}")
         self.pin_dir = pin_dir
-        self._obj: libbpf.BpfObject | None = None
+        self.hook = hook
+        self._objs: dict[str, libbpf.BpfObject] = {}
         self._fds: dict[str, int] = {}
         self._own_fds: list[int] = []
         try:
             if pin_dir is not None:
                 ensure_bpffs(pin_dir)
-            if load:
-                require_bpf_features()
-        except (BpffsError, MissingFeature, libbpf.BpfError) as exc:
+        except BpffsError as exc:
             raise TargetError(str(exc)) from None
         if load:
-            try:
-                path = Path(obj_path) if obj_path is not None else find_object()
-            except ObjectNotFound as exc:
-                raise TargetError(str(exc)) from None
-            if not path.is_file():
-                raise TargetError(f"{path}: no such BPF object")
-            try:
-                self._obj = libbpf.BpfObject(str(path), pin_dir)
-            except libbpf.BpfError as exc:
-                raise TargetError(str(exc)) from None
-            self._fds = {name: self._obj.map_fd(name) for name in MAPS}
+            self._load(hook, obj_path)
+            self._fds = {name: self._objs[hook].map_fd(name) for name in MAPS}
         else:
             if pin_dir is None:
                 raise TargetError("opening pinned maps needs a pin directory")
@@ -96,15 +137,32 @@ class XdpTarget:
         self._ncpus = libbpf.num_possible_cpus()
         self._ids = IdAllocator(abi.MAX_ENTRIES, (v.id for _, v in self._raw_entries()))
 
+    def _load(self, hook: str, obj_path: Path | str | None = None) -> libbpf.BpfObject:
+        if hook in self._objs:
+            return self._objs[hook]
+        try:
+            require_bpf_features(PROG_TYPES[hook])
+            path = Path(obj_path) if obj_path is not None else find_object(HOOK_OBJECTS[hook])
+        except (MissingFeature, libbpf.BpfError, ObjectNotFound) as exc:
+            raise TargetError(str(exc)) from None
+        if not path.is_file():
+            raise TargetError(f"{path}: no such BPF object")
+        try:
+            # The second object shares the first one's maps, pinned or not.
+            self._objs[hook] = libbpf.BpfObject(str(path), self.pin_dir, reuse=self._fds or None)
+        except libbpf.BpfError as exc:
+            raise TargetError(str(exc)) from None
+        return self._objs[hook]
+
     # -- life cycle -------------------------------------------------------
 
     def close(self) -> None:
         for fd in self._own_fds:
             os.close(fd)
         self._own_fds.clear()
-        if self._obj:
-            self._obj.close()
-            self._obj = None
+        for obj in self._objs.values():
+            obj.close()
+        self._objs.clear()
 
     def __enter__(self) -> XdpTarget:
         return self
@@ -114,18 +172,36 @@ class XdpTarget:
 
     @property
     def prog_fd(self) -> int:
-        if not self._obj:
-            raise TargetError("program not loaded")
-        return self._obj.prog_fd(PROGRAM)
+        """The program of the hook loaded first."""
+        return self.hook_prog_fd(self.hook)
 
-    def attach(self, ifname: str, mode: str = "native") -> str:
-        """Attaches to ifname (native, generic, or auto: native else generic)."""
+    def hook_prog_fd(self, hook: str) -> int:
+        if not self._objs:
+            raise TargetError("program not loaded")
+        return self._load(hook).prog_fd(PROGRAM)
+
+    def attach(self, ifname: str, mode: str = "native", hook: str = "xdp") -> str:
+        """Attaches to ifname: XDP (mode native, generic, or auto: native else
+        generic) or tc (clsact ingress; mode is ignored). Returns what was
+        attached: the XDP mode, or "tc"."""
+        if hook not in HOOKS:
+            raise TargetError(f"unknown hook {hook!r}: expected one of {', '.join(HOOKS)}")
         ifindex = ifindex_of(ifname)
+        prog_fd = self.hook_prog_fd(hook)
+        if hook == "tc":
+            try:
+                libbpf.tc_attach(
+                    ifindex, prog_fd, TC_HANDLE, TC_PRIORITY, create=not has_clsact(ifindex)
+                )
+            except libbpf.BpfError as exc:
+                raise TargetError(f"cannot attach to {ifname}: {exc}") from None
+            self.add_port(ifindex)
+            return "tc"
         modes = ["native", "generic"] if mode == "auto" else [mode]
         last: Exception | None = None
         for m in modes:
             try:
-                libbpf.xdp_attach(ifindex, self.prog_fd, MODES[m])
+                libbpf.xdp_attach(ifindex, prog_fd, MODES[m])
             except libbpf.BpfError as exc:
                 last = exc
                 continue
@@ -134,15 +210,26 @@ class XdpTarget:
         raise TargetError(f"cannot attach to {ifname}: {last}")
 
     @staticmethod
-    def detach(ifname: str) -> list[str]:
-        """Detaches whatever XDP program mosto attached, in either mode."""
+    def detach(ifname: str, hook: str = "xdp") -> list[str]:
+        """Detaches what mosto attached: XDP in either mode, or (hook "tc") its
+        filter at clsact ingress. Returns what was removed."""
         ifindex = ifindex_of(ifname)
+        if hook == "tc":
+            if not libbpf.tc_query(ifindex, TC_HANDLE, TC_PRIORITY):
+                return []
+            libbpf.tc_detach(ifindex, TC_HANDLE, TC_PRIORITY)
+            return ["tc"]
         done = []
         for m, flags in MODES.items():
             if libbpf.xdp_query_id(ifindex, flags):
                 libbpf.xdp_detach(ifindex, flags)
                 done.append(m)
         return done
+
+    @staticmethod
+    def attached_tc(ifname: str) -> int:
+        """The id of mosto's tc program on ifname's ingress, 0 if none."""
+        return libbpf.tc_query(ifindex_of(ifname), TC_HANDLE, TC_PRIORITY)
 
     def add_port(self, ifindex: int) -> None:
         """Makes ifindex a redirect target."""
@@ -269,12 +356,17 @@ class XdpTarget:
     # -- testing ----------------------------------------------------------
 
     def test_run(
-        self, frame: bytes, ingress_ifindex: int = 1, repeat: int = 1
+        self, frame: bytes, ingress_ifindex: int = 1, repeat: int = 1, hook: str | None = None
     ) -> tuple[int, bytes, int]:
-        """Runs the program on one frame (BPF_PROG_TEST_RUN): verdict, output, ns/run."""
-        return libbpf.test_run(self.prog_fd, frame, ingress_ifindex, repeat)
+        """Runs a hook's program (default: the one loaded first) on one frame
+        (BPF_PROG_TEST_RUN): verdict, output, ns/run."""
+        hook = hook or self.hook
+        return libbpf.test_run(
+            self.hook_prog_fd(hook), frame, ingress_ifindex, repeat, skb=hook == "tc"
+        )
 
-    def map_sizes(self) -> dict[str, tuple[int, int]]:
-        if not self._obj:
+    def map_sizes(self, hook: str | None = None) -> dict[str, tuple[int, int]]:
+        if not self._objs:
             raise TargetError("program not loaded")
-        return {name: self._obj.map_sizes(name) for name in MAPS}
+        obj = self._load(hook or self.hook)
+        return {name: obj.map_sizes(name) for name in MAPS}

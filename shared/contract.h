@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR BSD-2-Clause) */
+/*
+ * The data-plane contract, once, for every side of it: the XDP/tc program
+ * (ebpf/, C), the P4 program (p4src/, through p4c's C preprocessor) and the
+ * Python control layer (mosto.dataplane.contract parses this file, shipped
+ * as package data). Preprocessor definitions only: no C, no P4, so each
+ * language builds its own declarations from them. It lives in shared/, not
+ * in ebpf/ or p4src/, because neither target owns it (fabric-tna's shared/
+ * holds its size.p4 for the same reason).
+ *
+ * Sizes sit behind #ifndef so a build may override them (clang -D / p4c -D);
+ * the Python side reads the defaults, so a build that overrides one must
+ * say so to the control plane as well.
+ *
+ * Grammar the Python parser accepts (anything else fails its import):
+ *   #define MOSTO_NAME <integer expression of literals and MOSTO_ names>
+ *   #define MOSTO_COUNTERS(X) followed by X(NAME, name, index) lines
+ */
+#ifndef MOSTO_CONTRACT_H
+#define MOSTO_CONTRACT_H
+
+/* ---- sizes --------------------------------------------------------------- */
+
+/* Splice entries (mosto_splice) and their stats slots (mosto_stats): an
+ * entry's id indexes its stats, so both tables have this size. */
+#ifndef MOSTO_MAX_ENTRIES
+#define MOSTO_MAX_ENTRIES 65536
+#endif
+
+/* Egress ports a hit may be redirected to (mosto_tx_ports): interfaces for
+ * XDP/tc, switch ports for P4. 512 covers every 9-bit v1model port. */
+#ifndef MOSTO_MAX_PORTS
+#define MOSTO_MAX_PORTS 512
+#endif
+
+/* The FIN/RST event ring (mosto_events), in bytes: a power of two, a
+ * multiple of the page size. */
+#ifndef MOSTO_EVENTS_BYTES
+#define MOSTO_EVENTS_BYTES (256 * 1024)
+#endif
+
+/* P4 only: the plain L2 table for frames that are not translated (XDP and tc
+ * hand those to the kernel, whose FDB and neighbour tables do this). */
+#ifndef MOSTO_L2_ENTRIES
+#define MOSTO_L2_ENTRIES 1024
+#endif
+
+/* ---- entry flags (splice_entry.flags) ------------------------------------ */
+
+#define MOSTO_SPLICE_F_TS (1 << 0)    /* shift TSval and TSecr */
+#define MOSTO_SPLICE_F_NAT (1 << 1)   /* rewrite addresses and ports */
+#define MOSTO_SPLICE_F_LEARN (1 << 2) /* the proxy still owns the flow: record TSval, pass */
+
+/* ---- TCP flags an event reports (splice_event.tcp_flags, the digest) ----- */
+
+#define MOSTO_TCP_FIN 0x01
+#define MOSTO_TCP_RST 0x04
+
+/* ---- global counters ------------------------------------------------------ */
+
+/*
+ * X(NAME, name, index): CNT_NAME in C and P4, "name" in Python, slot index of
+ * mosto_counters. Every frame lands in exactly one HIT, PASS or DROP counter;
+ * EVENT_LOST counts events, not frames. Indices are dense, from 0.
+ */
+#define MOSTO_COUNTERS(X)                                                         \
+	X(HIT_TX, hit_tx, 0)                 /* translated, back out of the ingress port */ \
+	X(HIT_REDIRECT, hit_redirect, 1)     /* translated, out of another port */          \
+	X(PASS_MISS, pass_miss, 2)           /* TCP, no entry */                            \
+	X(PASS_NOT_IP, pass_not_ip, 3)       /* not IPv4/IPv6 (after at most one tag) */    \
+	X(PASS_NOT_TCP, pass_not_tcp, 4)     /* IPv4 protocol / IPv6 next header not TCP */ \
+	X(PASS_TRUNCATED, pass_truncated, 5) /* headers up to the fixed TCP header cut */   \
+	X(PASS_BAD_IP, pass_bad_ip, 6)       /* IPv4 IHL < 5 or version mismatch */         \
+	X(PASS_FRAGMENT, pass_fragment, 7)   /* IPv4 non-first fragment */                  \
+	X(DROP_BAD_TCP, drop_bad_tcp, 8)     /* spliced flow, TCP header untranslatable */  \
+	X(DROP_NO_EGRESS, drop_no_egress, 9) /* spliced flow, egress not a tx port */       \
+	X(EVENT_LOST, event_lost, 10)        /* event ring full: a FIN/RST not reported */  \
+	X(PASS_LEARN, pass_learn, 11)        /* learning entry: TSval recorded, passed */
+
+/* How many there are, counted from the list itself. */
+#define MOSTO_COUNTER_ONE(NAME, name, index) +1
+#define MOSTO_NUM_COUNTERS (0 MOSTO_COUNTERS(MOSTO_COUNTER_ONE))
+
+#endif /* MOSTO_CONTRACT_H */
