@@ -14,7 +14,7 @@ BPF_DEFINES ?=
 BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o build/splice_tc.bpf.o build/parse_only_tc.bpf.o
 BPF_HDRS := $(wildcard ebpf/*.h ebpf/ctx/*.h) shared/contract.h
 
-.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo xdp-test tc-test bmv2-test clean
+.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo xdp-test tc-test bmv2-test install-objects clean
 
 all: build
 
@@ -82,6 +82,12 @@ bench: build
 
 demo: build
 	$(PY) tools/demo.py
+
+# For an installed (not editable) package: the objects where it looks for them.
+PREFIX ?= /usr/local
+install-objects: build
+	install -d $(PREFIX)/share/mosto
+	install -m 0644 $(BPF_OBJS) $(PREFIX)/share/mosto/
 
 clean:
 	rm -rf build

@@ -38,7 +38,8 @@ class Bmv2Error(RuntimeError):
 def compile_p4(force: bool = False) -> tuple[Path, Path]:
     """p4src/mosto.p4 -> build/bmv2/ (BMv2 JSON and P4Info), when out of date.
     Any compiler warning is an error: the program must compile clean."""
-    sources = sorted(P4SRC.rglob("*.p4"))
+    # The P4 includes shared/contract.h through cpp: a change there recompiles too.
+    sources = sorted(P4SRC.rglob("*.p4")) + sorted((REPO / "shared").glob("*.h"))
     outputs = (P4INFO, BMV2_JSON)
     newest = max(p.stat().st_mtime for p in sources)
     if not force and all(o.exists() and o.stat().st_mtime >= newest for o in outputs):

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """`make demo`: one download through the reference proxy, handed over to the
-XDP data plane mid-stream, with what happened printed step by step. Builds
+data plane mid-stream (the splice program on tc, which the agent picks for
+veth), with what happened printed step by step. Builds
 its namespaces, and removes everything it made when it is done."""
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def run(topo, procs: Processes) -> bool:
     print(f"      {topo.client.name}, {topo.proxy.name}, {topo.server.name}")
     step(
         2,
-        "starting the server, the agent (XDP on the proxy's interfaces) and the proxy "
+        "starting the server, the agent (the splice program on the proxy's interfaces: "
+        "tc on veth) and the proxy "
         f"(hands a flow over after {HANDOVER_AFTER})",
     )
     procs.spawn(topo.server, traffic("serve", "--listen", "0.0.0.0:9000"), "server.log", ready=True)
@@ -148,7 +150,7 @@ def run(topo, procs: Processes) -> bool:
 
 
 def main() -> int:
-    print("mosto demo: a TCP download through a proxy, handed over to XDP mid-stream")
+    print("mosto demo: a TCP download through a proxy, handed over to the data plane mid-stream")
     step(1, "network namespaces: client -- proxy -- server (veth pairs, IPv4 and IPv6)")
     logdir = Path(tempfile.mkdtemp(prefix="mosto-demo-"))
     with topology("mdemo") as topo, Processes(logdir) as procs:

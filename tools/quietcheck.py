@@ -29,9 +29,11 @@ def tcp_fin_rst(frame: bytes, every: bool = False) -> dict | None:
     proto = struct.unpack_from("!H", frame, 12)[0]
     if proto == 0x0800 and frame[23] == 6:
         l4 = 14 + (frame[14] & 0xF) * 4
+        end = 14 + struct.unpack_from("!H", frame, 16)[0]  # IPv4 total length
         src, dst = socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34])
     elif proto == 0x86DD and frame[20] == 6:
         l4 = 54
+        end = l4 + struct.unpack_from("!H", frame, 18)[0]  # IPv6 payload length
         src = socket.inet_ntop(socket.AF_INET6, frame[22:38])
         dst = socket.inet_ntop(socket.AF_INET6, frame[38:54])
     else:
@@ -42,7 +44,15 @@ def tcp_fin_rst(frame: bytes, every: bool = False) -> dict | None:
     flags = frame[l4 + 13]
     if not every and not flags & (TCP_FIN | TCP_RST):
         return None
-    return {"src": src, "dst": dst, "sport": sport, "dport": dport, "flags": flags}
+    payload = end - l4 - (frame[l4 + 12] >> 4) * 4
+    return {
+        "src": src,
+        "dst": dst,
+        "sport": sport,
+        "dport": dport,
+        "flags": flags,
+        "payload": payload,
+    }
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ SUBCOMMANDS = (
     "mosto.cli.agent",
     "mosto.cli.proxy",
     "mosto.cli.chains",
+    "mosto.cli.bmv2",
 )
 
 

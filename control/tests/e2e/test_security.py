@@ -56,6 +56,9 @@ def stack():
             s.close()
 
 
+TCP_ACK = 0x10
+
+
 def _as(uid: int, cmd: list[str], groups: tuple[int, ...] = (), userns: bool = False) -> list[str]:
     """cmd as uid without capabilities; userns: inside a user+network namespace of its own."""
     ids = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
@@ -377,6 +380,13 @@ def test_after_offload_the_proxy_holds_closed_sockets_and_the_agent_the_four_tup
         if (p["src"], p["sport"], p["dst"], p["dport"]) in ends
         and spliced["time"] < p["time"] < removed["time"]
     ]
+    # The one segment the agent sends on purpose: after a held hand-over it asks
+    # each peer to acknowledge (agent/kernel/poke.py), an ACK repeating one byte.
+    # The tap's clock may put it just after the "spliced" event.
+    prompts = [p for p in sent if p["flags"] == TCP_ACK and p["payload"] == 1]
+    assert len(prompts) <= len(ends), prompts
+    assert len({(p["src"], p["sport"]) for p in prompts}) == len(prompts), prompts
+    sent = [p for p in sent if p not in prompts]
     assert sent == [], f"the proxy host sent on a spliced flow: {sent[:5]}"
 
 
