@@ -73,7 +73,9 @@ tc-test: build
 bmv2-test: build
 	@./tools/bmv2-available.sh --why-fail
 	$(PY) tools/run_ptf.py --target bmv2
-	$(PY) -m pytest -q control/tests/e2e/test_bmv2_handover.py control/tests/unit/test_bmv2_entry_encoding.py
+	$(PY) -m pytest -q control/tests/e2e/test_bmv2_handover.py control/tests/e2e/test_bmv2_shell.py \
+	    control/tests/unit/test_bmv2_entry_encoding.py
+	$(PY) tools/diff_bmv2.py --examples 1500
 
 bench: build
 	$(PY) tools/bench_xdp.py

@@ -8,135 +8,18 @@ and every checksum in a translated frame must verify.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Dot1Q, Ether
-from scapy.packet import Raw
 
 from mosto.dataplane.contract import TCP_FIN, TCP_RST
-from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.entry import Entry
 from mosto.dataplane.model import Verdict, splice
+from mosto.testing.frames import scenario
 from mosto.testing.pktdiff import checksums_verify, explain_mismatch
 
 EXAMPLES = int(os.environ.get("MOSTO_DIFF_EXAMPLES", "10000"))
-
-
-u32 = st.one_of(
-    st.integers(0, 2**32 - 1),
-    st.integers(2**32 - 4096, 2**32 - 1),  # near the wrap
-    st.integers(0, 4096),
-)
-u16 = st.integers(0, 0xFFFF)
-port = st.integers(1, 0xFFFF)
-ipv4 = st.integers(1, 2**32 - 2).map(ipaddress.IPv4Address)
-ipv6 = st.integers(1, 2**128 - 2).map(ipaddress.IPv6Address)
-
-
-@st.composite
-def tcp_option(draw) -> bytes:
-    kind = draw(st.sampled_from(["nop", "eol", "mss", "ws", "sackok", "sack", "ts", "junk"]))
-    if kind == "nop":
-        return b"\x01"
-    if kind == "eol":
-        return b"\x00" + draw(st.binary(max_size=3))  # anything may follow EOL
-    if kind == "mss":
-        return b"\x02\x04" + draw(st.binary(min_size=2, max_size=2))
-    if kind == "ws":
-        return b"\x03\x03" + draw(st.binary(min_size=1, max_size=1))
-    if kind == "sackok":
-        return b"\x04\x02"
-    if kind == "sack":
-        blocks = draw(st.integers(1, 4))
-        length = 2 + 8 * blocks
-        if draw(st.integers(0, 9)) == 0:  # sometimes a length that is not 2 + 8n
-            length = draw(st.integers(0, 40))
-        return b"\x05" + bytes([length]) + draw(st.binary(min_size=8 * blocks, max_size=8 * blocks))
-    if kind == "ts":
-        length = 10 if draw(st.integers(0, 9)) else draw(st.integers(0, 12))
-        return b"\x08" + bytes([length]) + draw(st.binary(min_size=8, max_size=8))
-    return bytes([draw(st.integers(0, 255)), draw(st.integers(0, 14))]) + draw(
-        st.binary(max_size=12)
-    )
-
-
-@st.composite
-def tcp_options(draw) -> bytes:
-    opts = b"".join(draw(st.lists(tcp_option(), max_size=8)))[:40]
-    pad = (-len(opts)) % 4
-    return opts + draw(st.sampled_from([b"\x00", b"\x01"])) * pad
-
-
-@st.composite
-def scenario(draw) -> tuple[bytes, Entry, bool]:
-    """(frame, entry, intact): intact frames carry correct checksums."""
-    v6 = draw(st.booleans())
-    addr = ipv6 if v6 else ipv4
-    src, dst, sport, dport = draw(addr), draw(addr), draw(port), draw(port)
-    opts = draw(tcp_options())
-    payload = draw(st.binary(max_size=64))
-    dataofs = 5 + len(opts) // 4
-    if draw(st.integers(0, 19)) == 0:
-        dataofs = draw(st.integers(0, 15))  # a data offset that lies
-    tcp = TCP(
-        sport=sport,
-        dport=dport,
-        seq=draw(u32),
-        ack=draw(u32),
-        window=draw(u16),
-        flags=draw(st.integers(0, 0xFF)),
-        dataofs=dataofs,
-    ) / Raw(opts + payload)
-    if v6:
-        l3 = IPv6(src=str(src), dst=str(dst))
-    else:
-        ihl_words = draw(st.integers(0, 3))
-        l3 = IP(src=str(src), dst=str(dst), options=[b"\x01" * 4 * ihl_words] if ihl_words else [])
-        if draw(st.integers(0, 29)) == 0:
-            l3.frag = draw(st.integers(1, 0x1FFF))
-    l4 = tcp
-    if draw(st.integers(0, 29)) == 0:
-        l4 = UDP(sport=sport, dport=dport) / Raw(payload)
-    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:10")
-    if draw(st.integers(0, 4)) == 0:
-        eth = eth / Dot1Q(vlan=draw(st.integers(0, 4095)))
-    frame = bytes(eth / l3 / l4)
-    intact = True
-    if draw(st.integers(0, 9)) == 0:
-        # No NIC delivers less than an Ethernet header; BPF_PROG_TEST_RUN refuses it.
-        frame = frame[: draw(st.integers(14, len(frame)))]
-        intact = False
-
-    hit = draw(st.integers(0, 4)) > 0
-    match = (
-        FlowKey(src, dst, sport, dport)
-        if hit
-        else FlowKey(draw(addr), draw(addr), draw(port), draw(port))
-    )
-    ts = draw(st.booleans())
-    rewrite = None
-    if draw(st.booleans()):
-        rewrite = FlowKey(draw(addr), draw(addr), draw(port), draw(port))
-    entry = Entry(
-        match=match,
-        seq_delta=draw(u32),
-        ack_delta=draw(u32),
-        smac="02:00:00:00:00:11",
-        dmac="02:00:00:00:00:02",
-        egress=draw(st.sampled_from([0, 1])),  # logical port
-        tsval_delta=draw(u32) if ts else None,
-        tsecr_delta=draw(u32) if ts else None,
-        wscale_shift=draw(st.integers(-14, 14)),
-        rewrite=rewrite,
-    )
-    if draw(st.integers(0, 9)) == 0:
-        entry = Entry.learning(match)
-    return frame, entry, intact
 
 
 def test_differential(clean_xdp, ports, hook, verdicts, runnable):

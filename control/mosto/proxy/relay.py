@@ -121,12 +121,28 @@ class Relay:
                 self.pending[s] = b""
         return not (self.eof[self.a] and self.eof[self.b])
 
+    def _register(self, agent_path: str) -> AgentClient | None:
+        """An agent connection with this flow registered, or None: a flow the
+        agent will not take (a quota, say) or cannot (it is down) is relayed."""
+        try:
+            client = AgentClient(agent_path)
+        except OSError as exc:
+            log.warning("no agent (%s): relaying", exc)
+            return None
+        try:
+            client.register(self.a, self.b)
+        except (Refused, OSError) as exc:
+            log.warning("not registered (%s): relaying", exc)
+            self.stats.refusal(exc.code if isinstance(exc, Refused) else "agent_lost")
+            client.close()
+            return None
+        return client
+
     def run(self) -> None:
         client = None
         try:
             if self.agent_path and self.handover_after is not None:
-                client = AgentClient(self.agent_path)
-                client.register(self.a, self.b)
+                client = self._register(self.agent_path)
             next_try = self.handover_after
             attempts = self.attempts
             while self._pump(0.5):
@@ -153,7 +169,11 @@ class Relay:
         """None once handed over, else why not."""
         t0 = time.perf_counter()
         if self.drain:
-            client.hold(self.a, self.b)
+            try:
+                client.hold(self.a, self.b)
+            except Refused as exc:  # not held: nothing to undo, keep relaying
+                self.stats.refusal(exc.code)
+                return exc.code
             if not self._drain(client):
                 return "drain_timeout"
         t1 = time.perf_counter()
