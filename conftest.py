@@ -40,3 +40,25 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(getattr(pytest.mark, tier))
         if (tier != "unit" or "needs_root" in item.keywords) and not root:
             item.add_marker(pytest.mark.skip(reason=f"{tier} tier: needs root (BPF, netns, veth)"))
+
+
+# -- nothing left behind (tools/leftovers.py) -----------------------------------
+
+
+def pytest_sessionstart(session):
+    if os.geteuid() == 0:
+        from leftovers import snapshot
+
+        session.config._mosto_before = snapshot(ROOT)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from leftovers import left_behind, snapshot
+
+    before = getattr(session.config, "_mosto_before", None)
+    if before is None:
+        return
+    left = left_behind(before, snapshot(ROOT))
+    if left:
+        print(f"\nmosto: the tests left things behind: {left}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

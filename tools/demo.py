@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from processes import Processes, mosto, proc_cpu, traffic, wait_for  # noqa: E402
+from leftovers import left_behind, snapshot  # noqa: E402
+from processes import REPO, Processes, mosto, proc_cpu, traffic, wait_for  # noqa: E402
 from topology import PROXY_C4, SERVER4, topology  # noqa: E402
 
 SIZE = "512M"
@@ -153,11 +154,16 @@ def main() -> int:
     print("mosto demo: a TCP download through a proxy, handed over to the data plane mid-stream")
     step(1, "network namespaces: client -- proxy -- server (veth pairs, IPv4 and IPv6)")
     logdir = Path(tempfile.mkdtemp(prefix="mosto-demo-"))
+    before = snapshot(REPO)
     with topology("mdemo") as topo, Processes(logdir) as procs:
         try:
             ok = run(topo, procs)
         finally:
             step(6, f"tearing down (processes, namespaces, pinned maps); logs in {logdir}")
+    left = left_behind(before, snapshot(REPO), mark=topo.name)
+    if left:
+        print(f"      left behind: {left}")
+        ok = False
     print("\ndemo " + ("finished: the flow was handed over and arrived intact" if ok else "FAILED"))
     return 0 if ok else 1
 
