@@ -54,11 +54,19 @@ class Processes:
         log: str | None = None,
         ready: bool = False,
         stdout: Any = subprocess.DEVNULL,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         """cmd inside namespace ns; stderr to logdir/log. ready: wait for the
-        process to print "ready" on its first line (traffic.py serve does)."""
+        process to print "ready" on its first line (traffic.py serve does).
+        env: variables to add to this process's environment."""
         stderr = open(self.logdir / log, "a") if log else subprocess.DEVNULL
-        p = ns.popen(cmd, stdout=subprocess.PIPE if ready else stdout, stderr=stderr, text=True)
+        p = ns.popen(
+            cmd,
+            stdout=subprocess.PIPE if ready else stdout,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, **env} if env else None,
+        )
         self._procs.append(p)
         if ready and p.stdout.readline().strip() != "ready":
             raise RuntimeError(f"{cmd[1:3]} did not start (see {self.logdir})")

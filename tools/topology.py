@@ -42,6 +42,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,7 +83,9 @@ class Topology:
     def agent_socket(self) -> str:
         return f"/run/{self.name}/agent.sock"
 
-    def start_agent(self, procs: Processes, *extra: str) -> subprocess.Popen:
+    def start_agent(
+        self, procs: Processes, *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         """`mosto agent` in the proxy, XDP on its two interfaces, once its socket is up."""
         agent = procs.spawn(
             self.proxy,
@@ -97,10 +100,11 @@ class Topology:
                 *extra,
             ),
             "agent.log",
+            env=env,
         )
         try:
             wait_for(
-                lambda: os.path.exists(self.agent_socket) or agent.poll() is not None,
+                lambda: _accepting(self.agent_socket) or agent.poll() is not None,
                 10,
                 "the agent's socket",
             )
@@ -109,6 +113,16 @@ class Topology:
         except AssertionError as exc:
             raise AssertionError(f"{exc}; its log ends:\n{procs.log_tail('agent.log')}") from None
         return agent
+
+
+def _accepting(path: str) -> bool:
+    """An agent listens on path (a socket file an agent that died left is not it)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def _addr(ns: Namespace, ifname: str, *cidrs: str) -> None:

@@ -10,7 +10,7 @@ import signal
 from dataclasses import dataclass, field
 
 import mosto
-from mosto.agent import sockdir
+from mosto.agent import failpoints, sockdir
 from mosto.agent.core import HOLD_TIMEOUT_S, Agent, Quotas
 from mosto.agent.kernel.hold import HoldError, Holds
 from mosto.agent.server import AgentServer, Limits
@@ -117,6 +117,12 @@ def run(cfg: AgentConfig) -> int:
     spliced flows outlive the agent, and a new one picks them up. Holds do
     not: the hold table goes with the agent (and a new agent starts a fresh one)."""
     log.info("mosto from %s", mosto.__file__)
+    try:
+        failpoints.check()
+    except failpoints.UnknownFailpoint as exc:
+        raise ConfigError(str(exc)) from None
+    if failpoints.ARMED:
+        log.warning("fault injection: this agent kills itself at %s", failpoints.ARMED)
     try:
         sockdir.prepare(cfg.socket)  # before anything is attached
         target, port_map = open_target(cfg)

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mosto.agent import trust
+from mosto.agent import failpoints, trust
 from mosto.agent.flowlock import FlowLocks
 from mosto.agent.handover import Pair, build_entries, check_options, check_quiet, moved, pair_of
 from mosto.agent.kernel import sockinfo
@@ -303,6 +303,7 @@ class Agent:
                 for flow in (pair.from_client, pair.from_server):
                     if self._learning[flow].owner is None:  # rebuilt: whoever proves it
                         self._learning[flow].owner = caller.uid
+            failpoints.reach("register")
             # A quiet peer may never send again: make each send one segment now.
             prompt_ack(a)
             prompt_ack(b)
@@ -323,6 +324,7 @@ class Agent:
                 for flow, sock, st in ((pair.from_client, a, s_a), (pair.from_server, b, s_b)):
                     self._held[flow] = Held(caller.uid, caller.conn, deadline, sock.family, st)
             self.holds.hold(pair.from_client, pair.from_server)  # one nftables transaction
+            failpoints.reach("hold")
 
     def unhold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
         pair = self._flows(a, b)
@@ -437,6 +439,7 @@ class Agent:
         self.results["ok"] += 1
         mine["ok"] += 1
         self.latencies.append(time.perf_counter() - t0)
+        failpoints.reach("offload_done")
         self._emit({"event": "spliced", "splice": splice.to_json()}, splice.owner)
         return splice
 
@@ -530,6 +533,7 @@ class Agent:
         entered: list[socket.socket] = []  # repair is only ever switched off on these
         reservations: list[Reservation] = []
         try:
+            failpoints.reach("offload_before_repair")
             for sock in (a, b):
                 enter_repair(sock)
                 entered.append(sock)
@@ -542,6 +546,7 @@ class Agent:
             )
 
             def verify() -> None:
+                failpoints.reach("offload_installed")
                 time.sleep(SETTLE_S)
                 v_a, v_b = read_state(a, repair=True), read_state(b, repair=True)
                 change = moved(r_a, v_a) or moved(r_b, v_b)
@@ -563,6 +568,7 @@ class Agent:
                         log.warning("four-tuple to %s not reserved: %s", peer, exc.strerror)
                         r.close()
                         reservations.remove(r)
+                failpoints.reach("offload_neutralised")
 
             splice = self._commit(cs, sc, verify)
             self._reservations[splice.id] = reservations

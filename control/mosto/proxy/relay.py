@@ -26,6 +26,9 @@ from mosto.wire.refusal import Refused
 log = logging.getLogger("mosto.proxy")
 
 CHUNK = 256 * 1024
+TCP_REPAIR = 19  # <linux/tcp.h>; reading it needs no privilege
+AGENT_LOST = "agent_lost"  # the agent connection broke: relay the flow to its end
+SPLICED_WITHOUT_ANSWER = "spliced_without_answer"  # ... with our sockets taken
 DRAIN_TIMEOUT_S = 3.0
 # How long a held flow must stay quiet before the offload: past a sender's tail
 # loss probe (Linux sends one 2 RTTs, at least 10 ms, after its last segment),
@@ -149,8 +152,12 @@ class Relay:
                 if client and attempts and next_try is not None and self.relayed >= next_try:
                     attempts -= 1
                     refused = self._handover(client)
-                    if refused is None:
+                    if refused is None or refused == SPLICED_WITHOUT_ANSWER:
                         return
+                    if refused == AGENT_LOST:  # relay to the end, without an agent
+                        client.close()
+                        client = None
+                        continue
                     # Data that came in during the attempt: try again at once.
                     again = refused in ("buffers_not_empty", "state_moved")
                     next_try = self.relayed + (0 if again else RETRY_BYTES)
@@ -174,6 +181,9 @@ class Relay:
             except Refused as exc:  # not held: nothing to undo, keep relaying
                 self.stats.refusal(exc.code)
                 return exc.code
+            except OSError:
+                self.stats.refusal(AGENT_LOST)
+                return AGENT_LOST
             if not self._drain(client):
                 return "drain_timeout"
         t1 = time.perf_counter()
@@ -183,6 +193,8 @@ class Relay:
             log.info("hand-over refused (%s): %s", exc.code, exc.message)
             self.stats.refusal(exc.code)
             return exc.code
+        except OSError:
+            return self._agent_lost_in_offload()
         t2 = time.perf_counter()
         log.info("handed over as splice %s after %d bytes", splice["id"], self.relayed)
         self.stats.add(handed_over=1)
@@ -190,6 +202,20 @@ class Relay:
             self.stats.handover_ms.append((t2 - t0) * 1e3)
             self.stats.offload_ms.append((t2 - t1) * 1e3)
         return None
+
+    def _agent_lost_in_offload(self) -> str:
+        """The agent went away during the offload. If it had put our sockets in
+        repair mode it had the flow's entries installed or about to be, and a
+        restarted agent keeps a complete splice: the sockets are closed, which
+        in repair mode (or neutralised) sends nothing. Otherwise they are as
+        they were and the proxy relays on."""
+        in_repair = any(s.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR) for s in (self.a, self.b))
+        self.stats.refusal(AGENT_LOST)
+        if in_repair or any(_disconnected(s) for s in (self.a, self.b)):
+            log.warning("agent lost during the offload, sockets in repair mode: closing them")
+            return SPLICED_WITHOUT_ANSWER
+        log.warning("agent lost before the offload took the sockets: relaying")
+        return AGENT_LOST
 
     def _drain(self, client: AgentClient) -> bool:
         """Relays while the senders are held, until all is acked and nothing has
@@ -209,6 +235,15 @@ class Relay:
                 client.unhold(self.a, self.b)
                 self.stats.refusal("drain_timeout")
                 return False
+
+
+def _disconnected(s: socket.socket) -> bool:
+    """Neutralised by the agent (disconnected in repair mode), so it has no peer."""
+    try:
+        s.getpeername()
+    except OSError:
+        return True
+    return False
 
 
 class Proxy:

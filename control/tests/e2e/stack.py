@@ -60,7 +60,7 @@ class Stack:
 
     # -- the agent ----------------------------------------------------------
 
-    def start_agent(self) -> None:
+    def start_agent(self, env: dict[str, str] | None = None) -> None:
         self.agent = self.topo.start_agent(
             self.procs,
             "--mode",
@@ -74,6 +74,7 @@ class Stack:
             "--metrics",
             f"127.0.0.1:{METRICS_PORT}",
             *self.agent_args,
+            env=env,
         )
         watch = self.procs.spawn(
             self.topo.proxy,

@@ -1,0 +1,34 @@
+"""Fault injection, for the tests that kill the agent between the steps of a
+request (control/tests/e2e/test_faults.py): with MOSTO_FAILPOINT=NAME in its
+environment the agent SIGKILLs itself when it reaches step NAME, exactly as
+an operator's kill -9 or an OOM kill would stop it there. Unset, reach() is a
+string comparison."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "register",  # learning entries installed, the peers not yet prompted
+    "hold",  # the hold in nftables, the proxy not yet answered
+    "offload_before_repair",  # checks done, the sockets not yet in repair mode
+    "offload_installed",  # entries active, the sockets in repair mode, unverified
+    "offload_neutralised",  # verified, the proxy's sockets closed, splice not recorded
+    "offload_done",  # spliced and recorded, the proxy not yet answered
+)
+ARMED = os.environ.get("MOSTO_FAILPOINT", "")
+
+
+class UnknownFailpoint(ValueError):
+    pass
+
+
+def check() -> None:
+    if ARMED and ARMED not in POINTS:
+        raise UnknownFailpoint(f"MOSTO_FAILPOINT={ARMED}: not one of {', '.join(POINTS)}")
+
+
+def reach(name: str) -> None:
+    if name == ARMED:
+        os.kill(os.getpid(), signal.SIGKILL)
