@@ -48,6 +48,9 @@ PROBE_POLL_S = 0.001
 _SPLICE_OWNER = object()  # _emit: look the owner up (a removed splice's id may be reused)
 HOLD_TIMEOUT_S = 5.0  # a proxy drains in well under a second; a hold must not outlive it
 IDLE_SCAN_MIN_S, IDLE_SCAN_MAX_S = 0.25, 30.0
+# A flow that still carries packets this far into the grace after its RST or
+# second FIN was not ended by them (the last ACK of a close comes well before).
+ALIVE_AFTER_GRACE = 0.5
 
 # A spliced socket as it was read for the entries, and the window it offered then.
 Anchors = tuple[tuple[TcpState, int], tuple[TcpState, int]]
@@ -98,6 +101,8 @@ class Splice:
     fin_from_server: bool = False
     remove_at: float | None = None  # set once the flow has ended
     end_reason: str = ""
+    ended_at: float | None = None  # when the RST or the second FIN was seen
+    reported: set[str] = field(default_factory=set)  # events sent: one per kind and side
     owner: int | None = None  # the uid that spliced it; unknown after a restart
 
     def to_json(self) -> dict[str, Any]:
@@ -140,6 +145,7 @@ class Agent:
         self.grace = grace
         self._lock = threading.RLock()
         self._splices: dict[int, Splice] = {}
+        self._by_match: dict[FlowKey, Splice] = {}  # both matches of every splice
         self._learning: dict[FlowKey, Learning] = {}
         self._watchers: list[tuple[Any, int | None]] = []
         self.results: Counter[str] = Counter()  # hand-overs by outcome
@@ -165,6 +171,7 @@ class Agent:
                 continue
             # The side is not stored; the entry with the lower id is called the client's.
             self._splices[i] = Splice(i, e, back[1])
+            self._index(self._splices[i])
         orphans = (
             set(entries)
             - set(self._learning)
@@ -377,9 +384,20 @@ class Agent:
         self._drop_holds(ended, "flow ended")
 
     def _require_free(self, flow: FlowKey) -> None:
-        for s in self._splices.values():
-            if flow in (s.to_server.match, s.to_client.match):
-                raise refusal.AlreadySpliced(f"{flow} is spliced already (splice {s.id})")
+        s = self._by_match.get(flow)
+        if s is not None:
+            raise refusal.AlreadySpliced(f"{flow} is spliced already (splice {s.id})")
+
+    def _index(self, s: Splice) -> None:
+        """Splices by their entries' matches: requests and events find theirs
+        without a walk over every splice (there may be tens of thousands)."""
+        self._by_match[s.to_server.match] = s
+        self._by_match[s.to_client.match] = s
+
+    def _unindex(self, s: Splice) -> None:
+        for m in _matches(s):
+            if self._by_match.get(m) is s:
+                del self._by_match[m]
 
     def _add(self, entry: Entry) -> int:
         try:
@@ -609,6 +627,7 @@ class Agent:
             self._learning.pop(flow, None)
         splice = Splice(splice_id, cs, sc)
         self._splices[splice_id] = splice
+        self._index(splice)
         log.info("splice %d: %s <-> %s", splice_id, cs.match, _out_flow(cs))
         return splice
 
@@ -644,6 +663,7 @@ class Agent:
             if not caller.root and splice.owner != caller.uid:
                 raise refusal.NotOwner(f"splice {splice_id} belongs to another user")
             del self._splices[splice_id]
+            self._unindex(splice)
             stats = self._splice_stats(splice)
             self.target.delete(splice.to_server.match)
             self.target.delete(splice.to_client.match)
@@ -702,31 +722,43 @@ class Agent:
         return self.target.events(deliver)
 
     def on_event(self, match: FlowKey, tcp_flags: int) -> None:
-        """A FIN or RST the data plane saw."""
+        """A FIN or RST the data plane saw. It is a network peer's word, and may
+        be spoofed: the splice only ends if the flow then falls quiet (reap()).
+        Watchers hear of the first FIN from each side and the first RST only,
+        however many a peer sends."""
         now = time.monotonic()
         with self._lock:
             if match in self._learning:
                 self._learning[match].remove_at = now + self.grace
                 return
-            for s in self._splices.values():
-                from_client = s.to_server.match == match
-                if not from_client and s.to_client.match != match:
-                    continue
-                kind = "rst" if tcp_flags & TCP_RST else "fin"
-                self._emit(
-                    {"event": kind, "splice": s.id, "from": "client" if from_client else "server"}
-                )
-                if tcp_flags & TCP_RST:
-                    s.end_reason = "reset"
-                elif from_client:
-                    s.fin_from_client = True
-                else:
-                    s.fin_from_server = True
-                if s.fin_from_client and s.fin_from_server and not s.end_reason:
-                    s.end_reason = "closed"
-                if s.end_reason and s.remove_at is None:
-                    s.remove_at = now + self.grace  # the last ACK must still pass
+            s = self._by_match.get(match)
+            if s is None:
                 return
+            side = "client" if s.to_server.match == match else "server"
+            kind = "rst" if tcp_flags & TCP_RST else "fin"
+            report = kind if kind == "rst" else f"fin_{side}"
+            if report not in s.reported:
+                s.reported.add(report)
+                self._emit({"event": kind, "splice": s.id, "from": side})
+            if kind == "rst":
+                s.end_reason = "reset"
+            elif side == "client":
+                s.fin_from_client = True
+            else:
+                s.fin_from_server = True
+            if s.fin_from_client and s.fin_from_server and not s.end_reason:
+                s.end_reason = "closed"
+            if s.end_reason and s.remove_at is None:
+                s.ended_at = now
+                s.remove_at = now + self.grace  # the last ACK must still pass
+
+    def _still_alive(self, s: Splice, seen: dict[FlowKey, float]) -> bool:
+        """Packets kept coming well after the RST or FINs that ended s: a peer's
+        stack ignored them (RFC 5961: a blind spoofed RST or FIN is out of
+        window), so the flow lives and its entries stay."""
+        assert s.ended_at is not None
+        settled = s.ended_at + self.grace * ALIVE_AFTER_GRACE
+        return any(seen.get(m, 0) > settled for m in _matches(s))
 
     def idle_scan_interval(self) -> float:
         """How often reap() must look for idle entries: a tenth of the idle
@@ -749,11 +781,18 @@ class Agent:
         seen: dict[FlowKey, float] = {}
         if scan_idle:
             seen = self._last_seen_all(matches + [learn.match for learn in learning])
+        ending = [s for s in splices if s.remove_at is not None and now >= s.remove_at]
+        if ending and not scan_idle:
+            seen = self._last_seen_all([m for s in ending for m in _matches(s)])
+        ending_ids = {s.id for s in ending}
         due: list[tuple[int, str]] = []
         for s in splices:
             last = max(s.created, seen.get(s.to_server.match, 0), seen.get(s.to_client.match, 0))
-            if s.remove_at is not None and now >= s.remove_at:
-                due.append((s.id, s.end_reason))
+            if s.id in ending_ids:
+                if self._still_alive(s, seen):
+                    self._revive(s)
+                else:
+                    due.append((s.id, s.end_reason))
             elif scan_idle and now - last > self.idle_timeout:
                 due.append((s.id, "idle"))
         with self._lock:
@@ -769,6 +808,14 @@ class Agent:
                 self.release(splice_id, reason)
             except refusal.NotFound:
                 pass
+
+    def _revive(self, s: Splice) -> None:
+        with self._lock:
+            log.warning("splice %d: %s, but the flow goes on: kept", s.id, s.end_reason)
+            self._emit({"event": "kept", "splice": s.id, "after": s.end_reason})
+            s.end_reason, s.remove_at, s.ended_at = "", None, None
+            s.fin_from_client = s.fin_from_server = False
+            s.reported.clear()
 
     def _last_seen_all(self, matches: Sequence[FlowKey]) -> dict[FlowKey, float]:
         """Last-seen of each entry in seconds on the monotonic clock (the data

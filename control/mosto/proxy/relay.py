@@ -35,6 +35,7 @@ DRAIN_TIMEOUT_S = 3.0
 # which would otherwise land during the offload and make it refuse.
 QUIET_FOR_S = 0.012
 RETRY_BYTES = 1 << 20  # after a refusal, relay this much more before trying again
+QUICK_RETRIES = 20  # hand-overs retried at once when a late segment spoiled one
 
 
 @dataclass
@@ -147,10 +148,9 @@ class Relay:
             if self.agent_path and self.handover_after is not None:
                 client = self._register(self.agent_path)
             next_try = self.handover_after
-            attempts = self.attempts
+            attempts, quick = self.attempts, QUICK_RETRIES
             while self._pump(0.5):
                 if client and attempts and next_try is not None and self.relayed >= next_try:
-                    attempts -= 1
                     refused = self._handover(client)
                     if refused is None or refused == SPLICED_WITHOUT_ANSWER:
                         return
@@ -158,8 +158,13 @@ class Relay:
                         client.close()
                         client = None
                         continue
-                    # Data that came in during the attempt: try again at once.
-                    again = refused in ("buffers_not_empty", "state_moved")
+                    # Data that came in during the attempt: try again at once, on a
+                    # budget of its own (a busy host makes these common).
+                    again = refused in ("buffers_not_empty", "state_moved") and quick > 0
+                    if again:
+                        quick -= 1
+                    else:
+                        attempts -= 1
                     next_try = self.relayed + (0 if again else RETRY_BYTES)
         except Exception:
             log.exception("relay failed")

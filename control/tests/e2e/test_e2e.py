@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
@@ -313,3 +315,49 @@ def test_handovers_on_lossy_links_lose_no_byte(stack):
     finally:
         for ns in (stack.topo.client, stack.topo.server):
             ns.sh("nft", "delete", "table", "inet", "mosto_loss", check=False)
+
+
+SPOOF = r"""
+import random, sys
+from scapy.all import IP, TCP, send
+src, dst = sys.argv[1], sys.argv[3]
+sport, dport, count = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
+pkts = [IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
+        seq=random.getrandbits(32), ack=random.getrandbits(32))
+        for flags in ("R", "F", "FA") for _ in range(count)]
+send(pkts, verbose=False)
+"""
+
+
+def test_blind_spoofed_rst_and_fin_do_not_end_a_spliced_flow(stack):
+    """A peer namespace sprays RSTs and FINs with random sequence numbers at a
+    spliced flow's four-tuple (as an off-path attacker would): the end points'
+    stacks drop them (RFC 5961) and so the agent keeps the splice; the transfer
+    completes through it and the splice ends later as `closed`."""
+    port = 8702
+    with stack.proxy(port, "--handover-after", str(4 * MIB)) as proxy:
+        box: dict = {}
+        t = threading.Thread(
+            target=lambda: box.update(stack.fetch(proxy, "256M", "--pace", "0.0005"))
+        )
+        t.start()
+        ev = wait_for(lambda: _spliced_events(stack, port), 20, "the hand-over")[-1]["splice"]
+        c = ev["client"]
+        out = stack.topo.client.sh(
+            sys.executable, "-c", SPOOF, c["src"], str(c["sport"]), c["dst"],
+            str(c["dport"]), "300", check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        t.join(120)
+        assert box.get("ok"), box
+        assert proxy.stats["handed_over"] == 1
+    removed = wait_for(
+        lambda: [e for e in stack.events if e["event"] == "removed" and e["splice"] == ev["id"]],
+        10,
+        "the splice's removal",
+    )
+    assert removed[-1]["reason"] == "closed", removed
+    mine = [e for e in stack.events if e.get("splice") == ev["id"] and e["event"] != "spliced"]
+    kinds = [e["event"] for e in mine]
+    assert "rst" in kinds and "kept" in kinds, kinds  # the spray was seen, and outlived
+    assert kinds.count("rst") <= kinds.count("kept") + 1, kinds  # one report per episode

@@ -5,6 +5,7 @@ No sockets are involved: these are the parts that only look at the table."""
 from __future__ import annotations
 
 import ipaddress
+import time
 
 import pytest
 
@@ -183,3 +184,32 @@ def test_reaper_reads_all_stats_in_one_batch(target):
     agent.reap()
     assert target.reads - before == 1
     assert len(agent.list()) == 50
+
+
+def test_a_spoofed_rst_does_not_end_a_flow_that_goes_on(target):
+    agent = Agent(target, grace=0.2)
+    splice = agent._commit(*splice_entries(), ok)
+    watch = agent.watch()
+    for _ in range(100):  # a flood: one event for the watchers
+        agent.on_event(FROM_SERVER, TCP_RST)
+    time.sleep(0.15)  # past half the grace, the flow still carries packets
+    target.hit(FROM_CLIENT)
+    time.sleep(0.1)
+    agent.reap(scan_idle=False)
+    assert [s["id"] for s in agent.list()] == [splice.id]
+    assert [watch.get_nowait()["event"] for _ in range(watch.qsize())] == ["rst", "kept"]
+    agent.on_event(FROM_SERVER, TCP_RST)  # a real one later: the flow falls quiet
+    time.sleep(0.25)
+    agent.reap(scan_idle=False)
+    assert agent.list() == [] and target.entries() == []
+
+
+def test_fin_events_are_reported_once_per_side(target):
+    agent = Agent(target, grace=3600.0)
+    agent._commit(*splice_entries(), ok)
+    watch = agent.watch()
+    for _ in range(50):
+        agent.on_event(FROM_CLIENT, TCP_FIN)
+    agent.on_event(FROM_SERVER, TCP_FIN)
+    events = [watch.get_nowait() for _ in range(watch.qsize())]
+    assert [(e["event"], e["from"]) for e in events] == [("fin", "client"), ("fin", "server")]
