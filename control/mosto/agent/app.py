@@ -13,6 +13,7 @@ import mosto
 from mosto.agent import failpoints, sockdir
 from mosto.agent.core import HOLD_TIMEOUT_S, Agent, Quotas
 from mosto.agent.kernel.hold import HoldError, Holds
+from mosto.agent.kernel.tcpstate import probe_repair
 from mosto.agent.server import AgentServer, Limits
 from mosto.targets.base import Target, TargetError
 
@@ -123,6 +124,9 @@ def run(cfg: AgentConfig) -> int:
         raise ConfigError(str(exc)) from None
     if failpoints.ARMED:
         log.warning("fault injection: this agent kills itself at %s", failpoints.ARMED)
+    missing = probe_repair()
+    if missing:
+        raise ConfigError(missing)
     try:
         sockdir.prepare(cfg.socket)  # before anything is attached
         target, port_map = open_target(cfg)

@@ -4,11 +4,14 @@ sockets as they were. Reading a socket's state takes TCP_REPAIR (root)."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
 from mosto.agent.core import Agent
+from mosto.agent.kernel.tcpstate import probe_repair
 from mosto.targets.memory import MemoryTarget
 from mosto.wire import refusal
 
@@ -43,3 +46,14 @@ def test_agent_refuses_what_is_not_a_connected_tcp_socket(loopback_pair):
     with socket.socket() as unconnected:
         with pytest.raises(refusal.NotConnected, match="server socket"):
             agent.offload(tcp, unconnected)
+
+
+def test_repair_probe_says_why_an_unprivileged_agent_cannot_work():
+    assert probe_repair() is None  # root
+    out = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         sys.executable, "-c",
+         "from mosto.agent.kernel.tcpstate import probe_repair; print(probe_repair())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout == "TCP_REPAIR needs CAP_NET_ADMIN: run the agent as root\n"

@@ -8,6 +8,7 @@ TCP_MAXSEG, TCP_TIMESTAMP (the socket's own TS clock) and the queue ioctls.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
@@ -121,3 +122,22 @@ def enter_repair(sock: socket.socket) -> None:
 def leave_repair(sock: socket.socket) -> None:
     """Back to normal operation, without the window probe a plain exit sends."""
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+
+
+def probe_repair() -> str | None:
+    """Why this process cannot use TCP_REPAIR, in one line, or None if it can:
+    a loopback connection of its own is put in repair mode and back."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        with socket.create_connection(srv.getsockname()) as c:
+            conn, _ = srv.accept()
+            with conn:
+                try:
+                    enter_repair(c)
+                except OSError as exc:
+                    if exc.errno == errno.EPERM:
+                        return "TCP_REPAIR needs CAP_NET_ADMIN: run the agent as root"
+                    return (
+                        f"this kernel has no TCP_REPAIR ({exc.strerror}; CONFIG_CHECKPOINT_RESTORE)"
+                    )
+                c.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+    return None
