@@ -163,11 +163,7 @@ class Agent:
                 self._learning[match] = Learning(match)
                 continue
             back = entries.get(_out_flow(e).reversed())
-            if (
-                back is None
-                or back[1].learn
-                or any(s.to_client.match == match for s in self._splices.values())
-            ):
+            if back is None or back[1].learn or match in self._by_match:
                 continue
             # The side is not stored; the entry with the lower id is called the client's.
             self._splices[i] = Splice(i, e, back[1])
@@ -489,10 +485,12 @@ class Agent:
                         self._learned_tsval(pair.from_client),
                         self._learned_tsval(pair.from_server),
                     )
-                    splice, anchors = self._frozen_install(
-                        a, b, pair, to_server_hop, to_client_hop, tsvals
-                    )
-                    splice.owner = caller.uid
+                # Outside the agent's lock (this flow's lock is held): _commit
+                # takes it for the table changes only.
+                splice, anchors = self._frozen_install(
+                    a, b, pair, to_server_hop, to_client_hop, tsvals
+                )
+                splice.owner = caller.uid
             except BaseException:
                 if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
                     self._kick(a, b, pair)
@@ -589,7 +587,8 @@ class Agent:
                 failpoints.reach("offload_neutralised")
 
             splice = self._commit(cs, sc, verify)
-            self._reservations[splice.id] = reservations
+            with self._lock:
+                self._reservations[splice.id] = reservations
             return splice, anchors
         except Exception as exc:
             for r in reservations:
@@ -604,30 +603,36 @@ class Agent:
 
     def _commit(self, cs: Entry, sc: Entry, verify: Callable[[], None]) -> Splice:
         """Installs both directions, then verify(); if either fails, each flow goes
-        back to what the proxy had (its learning entry, or nothing)."""
-        learning = {f: f in self._learning for f in (cs.match, sc.match)}
+        back to what the proxy had (its learning entry, or nothing). The lock
+        is held for the table changes only, not across verify() and its settle
+        time: other flows' hand-overs go on meanwhile (this flow's requests wait
+        on its flow lock)."""
         installed: list[FlowKey] = []
         try:
-            splice_id = self._add(cs)
-            installed.append(cs.match)
-            self._add(sc)
-            installed.append(sc.match)
+            with self._lock:
+                learning = {f: f in self._learning for f in (cs.match, sc.match)}
+                splice_id = self._add(cs)
+                installed.append(cs.match)
+                self._add(sc)
+                installed.append(sc.match)
             verify()
         except Exception as exc:
-            for flow in installed:
-                if learning[flow]:
-                    self.target.add(Entry.learning(flow))
-                else:
-                    self.target.delete(flow)
+            with self._lock:
+                for flow in installed:
+                    if learning[flow]:
+                        self.target.add(Entry.learning(flow))
+                    else:
+                        self.target.delete(flow)
             if isinstance(exc, refusal.Refused):
                 raise
             log.exception("hand-over failed")
             raise refusal.Internal(f"{type(exc).__name__}: {exc}") from None
-        for flow in installed:
-            self._learning.pop(flow, None)
-        splice = Splice(splice_id, cs, sc)
-        self._splices[splice_id] = splice
-        self._index(splice)
+        with self._lock:
+            for flow in installed:
+                self._learning.pop(flow, None)
+            splice = Splice(splice_id, cs, sc)
+            self._splices[splice_id] = splice
+            self._index(splice)
         log.info("splice %d: %s <-> %s", splice_id, cs.match, _out_flow(cs))
         return splice
 

@@ -160,7 +160,9 @@ class Relay:
                         continue
                     # Data that came in during the attempt: try again at once, on a
                     # budget of its own (a busy host makes these common).
-                    again = refused in ("buffers_not_empty", "state_moved") and quick > 0
+                    again = (
+                        self.drain and refused in ("buffers_not_empty", "state_moved") and quick > 0
+                    )
                     if again:
                         quick -= 1
                     else:

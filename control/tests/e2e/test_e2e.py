@@ -207,6 +207,11 @@ def test_different_window_scales_on_the_two_connections(stack):
 
 
 def test_prometheus_metrics(stack):
+    """After a hand-over of its own (the test does not rely on others')."""
+    with stack.proxy(8703, "--handover-after", "0") as proxy:
+        idle = stack.idle(8703, count=1, seconds=2)
+        wait_for(lambda: proxy.stats["handed_over"] >= 1, 10, "a hand-over")
+        idle.wait()
     text = stack.metrics()
     handovers = [
         line for line in text.splitlines() if line.startswith('mosto_handovers_total{result="ok"}')

@@ -3,6 +3,12 @@ pipeline push, and the stream's digests and idle-timeout notifications.
 
 The switch's errors are turned into P4RuntimeError with the server's own
 message, one line per failed update.
+
+Why not p4runtime-shell for the agent: the shell keeps one module-level
+client for an interactive session; the agent needs an object it owns, the
+stream's digests and idle notifications delivered to its event loop, and
+batched writes. The shell is what `mosto bmv2 shell` opens for people, and the
+BMv2 tests check that it reads back exactly what this client wrote.
 """
 
 from __future__ import annotations
