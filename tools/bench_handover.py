@@ -5,9 +5,16 @@
   mode), the Python reference proxy, and the same proxy handing the flow over
   to XDP after 1 MiB; throughput, the proxy process's CPU, and the host's CPU
   (all cores, client and server included);
-  hand-over latency (p50/p99) and hand-overs per second, on quiet flows.
+  issue 11's hand-over numbers, with the agent as in production (native XDP):
+  offload latency of quiet flows one at a time (tools/quiet_pairs.py), a burst
+  of quiet flows over several agent connections (hand-overs/s, the agent's CPU
+  per hand-over), the break-even flow size against the relaying proxy's CPU
+  per byte, bulk hand-overs' longest stall and the server's retransmission
+  timeouts, offload latency and the idle agent's CPU with made-up splices in
+  the table (rebuilt by a restarted agent), and a py-spy profile of the agent
+  when --py-spy (or py-spy on PATH) is there.
 
-Writes docs/benchmarks.md and prints the same table.
+Writes docs/benchmarks.md and build/bench/handover.json, and prints the report.
 """
 
 from __future__ import annotations
