@@ -42,14 +42,14 @@ class SpliceTest(BaseTest):
 
     def tearDown(self):
         for match in self._installed:
-            self.target.delete(match)
+            self.target.dp.delete(match)
         self.target.events(0)
         BaseTest.tearDown(self)
 
     def install(self, docs):
         for doc in docs:
             e = parse_entry(doc)
-            self.target.add(e)
+            self.target.dp.add(e)
             self._installed.append(e.match)
         return [parse_entry(d) for d in docs]
 
@@ -64,7 +64,7 @@ class CorpusCase(SpliceTest):
         case = self.case
         egress = {p: self.target.egress(p) for p in (0, 1)}
         entries = self.install(install_docs(case, egress))
-        before = self.target.counters()
+        before = self.target.dp.counters()
         tu.send_packet(self, 0, bytes(case.packet))
         if case.verdict == "forward":
             tu.verify_packet(self, bytes(case.expected), case.egress_port)
@@ -73,7 +73,8 @@ class CorpusCase(SpliceTest):
         tu.verify_no_other_packets(self)
 
         hit = case.verdict != "pass" or case.counter == "pass_learn"
-        packets, nbytes = self.target.stats(entries[0].match)
+        st = self.target.dp.stats(entries[0].match)
+        packets, nbytes = st.packets, st.bytes
         self.assertEqual((packets, nbytes), (1, len(bytes(case.packet))) if hit else (0, 0))
         self.assertEqual(self.target.learned_tsval(entries[0].match), case.learned_tsval)
         events = self.target.events(1.0 if case.event else 0.1)
@@ -81,7 +82,7 @@ class CorpusCase(SpliceTest):
         if case.event:
             self.assertEqual(events[0][0], entries[0].match)
             self.assertEqual(events[0][1], case.packet[TCP].flags.value)
-        after = self.target.counters()
+        after = self.target.dp.counters()
         moved = {k for k in after if after[k] != before.get(k)}
         want = (
             case.counter

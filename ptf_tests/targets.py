@@ -11,26 +11,45 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
-from typing import Protocol
 
-from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.entry import FlowKey
+from mosto.targets.base import Target
 
 REPO = Path(__file__).resolve().parents[1]
 PASS_PORT = 2
 
 
-class PtfTarget(Protocol):
-    def egress(self, port: int) -> int | str: ...
-    def add(self, entry: Entry) -> None: ...
-    def delete(self, match: FlowKey) -> None: ...
-    def stats(self, match: FlowKey) -> tuple[int, int]: ...
-    def learned_tsval(self, match: FlowKey) -> int | None: ...
-    def counters(self) -> dict[str, int]: ...
-    def events(self, timeout: float) -> list[tuple[FlowKey, int]]: ...
-    def close(self) -> None: ...
+class PtfTarget:
+    """A data plane (mosto.targets.base.Target, as `dp`) and where its logical
+    ports are; the suite drives `dp` directly. Subclasses set it up and take
+    it down."""
+
+    def __init__(self, dp: Target, egress: list[int | str]):
+        self.dp = dp
+        self._egress = egress
+        self._events: list[tuple[FlowKey, int]] = []
+        self._reader_cm = dp.events(lambda ev: self._events.append((ev.key, ev.tcp_flags)))
+        self._reader = self._reader_cm.__enter__()
+
+    def egress(self, port: int) -> int | str:
+        return self._egress[port]
+
+    def learned_tsval(self, match: FlowKey) -> int | None:
+        return self.dp.stats(match).tsval
+
+    def events(self, timeout: float) -> list[tuple[FlowKey, int]]:
+        deadline = time.monotonic() + timeout
+        while not self._events and time.monotonic() < deadline:
+            self._reader.poll(10)
+        out, self._events[:] = list(self._events), []
+        return out
+
+    def close(self) -> None:
+        self._reader_cm.__exit__(None, None, None)
+        self.dp.close()
 
 
-class XdpPtfTarget:
+class XdpPtfTarget(PtfTarget):
     """The splice program attached to the DUT veths: native XDP, or tc."""
 
     def __init__(self, dut_ports: list[str], peers: list[str], hook: str = "xdp"):
@@ -40,9 +59,9 @@ class XdpPtfTarget:
         self._dut = dut_ports
         self._peers = peers
         self._hook = hook
-        self.xdp = XdpTarget(pin_dir=None, hook=hook)
+        xdp = XdpTarget(pin_dir=None, hook=hook)
         for ifname in dut_ports:
-            self.xdp.attach(ifname, "native", hook=hook)
+            xdp.attach(ifname, "native", hook=hook)
         self._pass = None
         if hook == "xdp":
             # veth: XDP_TX and redirects reach the peer only if it runs XDP too.
@@ -53,47 +72,18 @@ class XdpPtfTarget:
                     self._pass.prog_fd("mosto_parse_only"),
                     libbpf.XDP_FLAGS_DRV_MODE,
                 )
-        self._events: list[tuple[FlowKey, int]] = []
-        self._ring_cm = self.xdp.events(lambda ev: self._events.append((ev.key, ev.tcp_flags)))
-        self._ring = self._ring_cm.__enter__()
-
-    def egress(self, port: int) -> int | str:
-        return self._dut[port]
-
-    def add(self, entry: Entry) -> None:
-        self.xdp.add(entry)
-
-    def delete(self, match: FlowKey) -> None:
-        self.xdp.delete(match)
-
-    def stats(self, match: FlowKey) -> tuple[int, int]:
-        st = self.xdp.stats(match)
-        return st.packets, st.bytes
-
-    def learned_tsval(self, match: FlowKey) -> int | None:
-        return self.xdp.stats(match).tsval
-
-    def counters(self) -> dict[str, int]:
-        return self.xdp.counters()
-
-    def events(self, timeout: float) -> list[tuple[FlowKey, int]]:
-        deadline = time.monotonic() + timeout
-        while not self._events and time.monotonic() < deadline:
-            self._ring.poll(10)
-        out, self._events[:] = list(self._events), []
-        return out
+        super().__init__(xdp, list(dut_ports))
 
     def close(self) -> None:
         from mosto.targets.xdp.target import XdpTarget
 
-        self._ring_cm.__exit__(None, None, None)
         for ifname in self._dut:
             XdpTarget.detach(ifname, self._hook)
         for ifname in self._peers:
             XdpTarget.detach(ifname)
         if self._pass:
             self._pass.close()
-        self.xdp.close()
+        super().close()
 
 
 def open_target(params: dict) -> PtfTarget:
