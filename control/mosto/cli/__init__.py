@@ -14,6 +14,7 @@ SUBCOMMANDS = (
     "mosto.cli.agent",
     "mosto.cli.proxy",
     "mosto.cli.chains",
+    "mosto.cli.repro",
 )
 
 

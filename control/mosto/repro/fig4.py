@@ -1,0 +1,87 @@
+"""Fig. 4's numbers from one run's records: the client's bytes per bin, the
+proxy's events, the server's TCP counters. Pure functions (no root)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+BEFORE_S = 5.0  # the goodput a dip is measured against: this long before the trigger
+WINDOW_S = 1.0  # a dip is the worst window of this length from the trigger on
+RECOVERED = 0.9  # recovered: every later window at least this share of before
+SLOW_START_S = 1.0  # never counted in "before" (the flow is still ramping up)
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """bytes[i] arrived in [i*bin_s, (i+1)*bin_s) after t0 (wall clock, s)."""
+
+    t0: float
+    bin_s: float
+    bytes: Sequence[int]
+
+    def mbps(self) -> list[float]:
+        return [b * 8 / self.bin_s / 1e6 for b in self.bytes]
+
+    def mean_mbps(self, start_s: float, end_s: float) -> float:
+        lo, hi = self._index(start_s), self._index(end_s)
+        if hi <= lo:
+            return 0.0
+        return sum(self.bytes[lo:hi]) * 8 / ((hi - lo) * self.bin_s) / 1e6
+
+    def _index(self, t: float) -> int:
+        return max(0, min(len(self.bytes), round(t / self.bin_s)))
+
+    @property
+    def end_s(self) -> float:
+        return len(self.bytes) * self.bin_s
+
+
+def event_time(events: Sequence[dict], name: str, t0: float) -> float | None:
+    """The first event called name, in seconds after t0."""
+    for ev in events:
+        if ev.get("event") == name:
+            return float(ev["t"]) - t0
+    return None
+
+
+def metrics(tl: Timeline, trigger_s: float, handover_s: float | None) -> dict:
+    """goodput_before_mbps over the BEFORE_S before the trigger (not the first
+    SLOW_START_S); goodput_dip_pct: how far the worst WINDOW_S window from the
+    trigger on falls below it (the ramp's own cost counts); recovery_s: from
+    the hand-over until every later window is back to RECOVERED of before
+    (0: never below; None: not by the end of the run)."""
+    start = max(SLOW_START_S, trigger_s - BEFORE_S)
+    before = tl.mean_mbps(start, trigger_s)
+    windows = _windows(tl, trigger_s)
+    worst = min((m for _, m in windows), default=0.0)
+    dip = 100.0 * (1 - worst / before) if before > 0 else None
+    recovery: float | None = None
+    if handover_s is not None and before > 0:
+        below = [end for end, m in _windows(tl, handover_s) if m < RECOVERED * before]
+        if not below:
+            recovery = 0.0
+        elif below[-1] < tl.end_s - tl.bin_s / 2:
+            recovery = below[-1] - handover_s
+    return {
+        "before_window_s": [round(start, 2), round(trigger_s, 2)],
+        "goodput_before_mbps": round(before, 1),
+        "goodput_worst_1s_mbps": round(worst, 1),
+        "goodput_dip_pct": None if dip is None else round(dip, 1),
+        "recovery_s": None if recovery is None else round(recovery, 2),
+    }
+
+
+def _windows(tl: Timeline, from_s: float) -> list[tuple[float, float]]:
+    """(end, mean Mbit/s) of every WINDOW_S window starting at from_s or later,
+    one per bin."""
+    out = []
+    t = from_s
+    while t + WINDOW_S <= tl.end_s + 1e-9:
+        out.append((t + WINDOW_S, tl.mean_mbps(t, t + WINDOW_S)))
+        t += tl.bin_s
+    return out
+
+
+def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
