@@ -26,7 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from processes import Processes, mosto, traffic, wait_for  # noqa: E402
 from topology import Chain, LinkSpec, chain  # noqa: E402
 
-from mosto.repro.fig4 import Timeline, counter_delta, event_time, metrics  # noqa: E402
+from mosto.repro.fig4 import (  # noqa: E402
+    Timeline,
+    counter_delta,
+    event_time,
+    metrics,
+    srtt_at,
+    stalls,
+)
 
 SERVER_PORT, PROXY_PORT = 9000, 8000
 COUNTERS = ("TcpRetransSegs", "TcpExtTCPTimeouts", "TcpExtTCPLossProbes", "TcpExtTCPSpuriousRTOs")
@@ -81,9 +88,14 @@ def start_agent(ch: Chain, procs: Processes, mode: str) -> None:
         raise RuntimeError(f"the agent ({mode}) exited {agent.returncode}: {tail}")
 
 
+# What a run does at the fixed time: hand over straight away, hand over after
+# the gradual delay, or nothing (the proxy relays to the end: the baseline).
+MODES = ("plain", "gradual", "none")
+
+
 def one_run(
     rtt_ms: float,
-    gradual: bool,
+    mode_name: str,
     *,
     at_s: float,
     duration_s: float,
@@ -93,18 +105,18 @@ def one_run(
     cc: str | None,
     logroot: Path,
 ) -> dict:
-    tag = f"rtt{rtt_ms:g}-{'gradual' if gradual else 'plain'}"
+    tag = f"rtt{rtt_ms:g}-{mode_name}-{len(list(logroot.glob(f'rtt{rtt_ms:g}-{mode_name}-*')))}"
     logdir = logroot / tag
     logdir.mkdir(parents=True, exist_ok=True)
     with chain(_specs(rtt_ms, rate_bps, queue_bdp), prefix="f4") as ch:
         try:
             with Processes(logdir) as procs:
-                return _measure(ch, procs, rtt_ms, gradual, at_s, duration_s, mode, cc, logdir)
+                return _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir)
         finally:
             subprocess.run(["rm", "-rf", f"/sys/fs/bpf/{ch.name}"], check=False)
 
 
-def _measure(ch, procs, rtt_ms, gradual, at_s, duration_s, mode, cc, logdir) -> dict:
+def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -> dict:
     if cc:
         for node in ch.nodes:
             node.sh("sysctl", "-qw", f"net.ipv4.tcp_congestion_control={cc}")
@@ -114,14 +126,12 @@ def _measure(ch, procs, rtt_ms, gradual, at_s, duration_s, mode, cc, logdir) -> 
     start_agent(ch, procs, mode)
     stats = logdir / "proxy.json"
     proxy_cmd = ["proxy", "--listen", f"0.0.0.0:{PROXY_PORT}"]
-    proxy_cmd += [
-        "--upstream",
-        f"{ch.server4}:{SERVER_PORT}",
-        "--agent",
-        str(ch.run_dir / "agent.sock"),
-    ]
-    proxy_cmd += ["--handover-on", "time", "--handover-at", f"{at_s:g}", "--stats-file", str(stats)]
-    proxy_cmd += ["--gradual"] * gradual
+    proxy_cmd += ["--upstream", f"{ch.server4}:{SERVER_PORT}", "--stats-file", str(stats)]
+    if mode_name == "none":
+        proxy_cmd += ["--agent", ""]
+    else:
+        proxy_cmd += ["--agent", str(ch.run_dir / "agent.sock"), "--handover-on", "time"]
+        proxy_cmd += ["--handover-at", f"{at_s:g}", *["--gradual"] * (mode_name == "gradual")]
     procs.spawn(ch.proxies[0], mosto(*proxy_cmd), "proxy.log")
     wait_for(stats.exists, 10, "the proxy")
     proxy_addr = ch.addr4(0, "b")
@@ -149,9 +159,12 @@ def _measure(ch, procs, rtt_ms, gradual, at_s, duration_s, mode, cc, logdir) -> 
     tl = Timeline(tl_doc["t0"], tl_doc["bin_s"], tl_doc["bytes"][:whole])
     trigger = event_time(st["events"], "trigger", tl.t0)
     handover = event_time(st["events"], "handed_over", tl.t0)
+    at = trigger if trigger is not None else at_s
+    srv = [{**s, "t": round(s["t"] - tl.t0, 2)} for s in ss_samples]
     result = {
         "rtt_ms": rtt_ms,
-        "gradual": gradual,
+        "gradual": mode_name == "gradual",
+        "handover": mode_name != "none",
         "cc": used_cc,
         "xdp_mode": mode,
         "rate_mbps": None,  # filled in by run()
@@ -161,19 +174,32 @@ def _measure(ch, procs, rtt_ms, gradual, at_s, duration_s, mode, cc, logdir) -> 
         "handover_s": None if handover is None else round(handover, 3),
         "bytes": sum(tl.bytes),
         "client": json.loads(out) if out.strip() else None,
-        **metrics(tl, trigger if trigger is not None else at_s, handover),
+        **metrics(tl, at, handover),
+        # under half the rate before, for a bin or more: the hold, and BBR's
+        # PROBE_RTT (cwnd 4) once its stale min_rtt expires
+        "stalls_s": stalls(tl, at, 0.5 * rate_of(tl, at)),
+        "server_srtt_ms": {
+            "before": srtt_at(srv, at),
+            "at_handover": None if handover is None else srtt_at(srv, handover),
+            "after": None if handover is None else srtt_at(srv, handover + 1.5),
+        },
+        "server_probe_rtt_s": [s["t"] for s in srv if s["cwnd"] <= 4],
         "retrans_before": counter_delta(n0, n1),
         "retrans_across": counter_delta(n1, n2),
         "events": [{**e, "t": round(e["t"] - tl.t0, 3)} for e in st["events"]],
         "goodput_mbps": [round(x, 1) for x in tl.mbps()],
-        "server_tcp": [{**s, "t": round(s["t"] - tl.t0, 2)} for s in ss_samples],
+        "server_tcp": srv,
     }
     return result
 
 
+def rate_of(tl: Timeline, at: float) -> float:
+    return metrics(tl, at, None)["goodput_before_mbps"]
+
+
 def run(
     rtts: list[float],
-    modes: list[bool],
+    modes: list[str],
     out: Path,
     *,
     at_s: float,
@@ -182,39 +208,43 @@ def run(
     queue_bdp: float,
     xdp_mode: str,
     cc: str | None,
+    repeat: int = 1,
 ) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    runs = []
-    for rtt_ms in rtts:
-        for gradual in modes:
-            t = time.monotonic()
-            print(
-                f"fig4: RTT {rtt_ms:g} ms, {'gradual delay' if gradual else 'no gradual delay'}, "
-                f"hand-over at {at_s:g} s of {duration_s:g} s ...",
-                flush=True,
-            )
-            r = one_run(
-                rtt_ms,
-                gradual,
-                at_s=at_s,
-                duration_s=duration_s,
-                rate_bps=rate_bps,
-                queue_bdp=queue_bdp,
-                mode=xdp_mode,
-                cc=cc,
-                logroot=out / "logs",
-            )
-            r["rate_mbps"] = rate_bps / 1e6
-            runs.append(r)
-            print(
-                f"fig4:   {'handed over' if r['handed_over'] else 'NOT handed over'} at "
-                f"{r['handover_s']} s; before {r['goodput_before_mbps']} Mbit/s, dip "
-                f"{r['goodput_dip_pct']}%, recovery {r['recovery_s']} s, retrans "
-                f"{r['retrans_across']['TcpRetransSegs']}, timeouts "
-                f"{r['retrans_across']['TcpExtTCPTimeouts']} ({time.monotonic() - t:.0f} s)",
-                flush=True,
-            )
-            (out / "fig4.json").write_text(json.dumps({"runs": runs}, indent=1))
+    runs: list[dict] = []
+    todo = [(rtt, m, i) for i in range(repeat) for rtt in rtts for m in modes]
+    for n, (rtt_ms, mode_name, i) in enumerate(todo, 1):
+        t = time.monotonic()
+        what = {"plain": "hand-over", "gradual": "gradual delay, hand-over", "none": "no hand-over"}
+        print(
+            f"fig4 [{n}/{len(todo)}]: RTT {rtt_ms:g} ms, {what[mode_name]} at {at_s:g} s "
+            f"of {duration_s:g} s ...",
+            flush=True,
+        )
+        r = one_run(
+            rtt_ms,
+            mode_name,
+            at_s=at_s,
+            duration_s=duration_s,
+            rate_bps=rate_bps,
+            queue_bdp=queue_bdp,
+            mode=xdp_mode,
+            cc=cc,
+            logroot=out / "logs",
+        )
+        r["rate_mbps"] = rate_bps / 1e6
+        r["repetition"] = i
+        runs.append(r)
+        print(
+            f"fig4:   {'handed over' if r['handed_over'] else 'not handed over'} at "
+            f"{r['handover_s']} s; before {r['goodput_before_mbps']} Mbit/s, dip "
+            f"{r['goodput_dip_pct']}% ({r['goodput_dip_at_handover_pct']}% at the hand-over), "
+            f"recovery {r['recovery_s']} s, retrans "
+            f"{r['retrans_across']['TcpRetransSegs']}, timeouts "
+            f"{r['retrans_across']['TcpExtTCPTimeouts']} ({time.monotonic() - t:.0f} s)",
+            flush=True,
+        )
+        (out / "fig4.json").write_text(json.dumps({"runs": runs}, indent=1))
     return runs
 
 
@@ -227,8 +257,11 @@ def plot(runs: list[dict], path: Path) -> None:
     rtts = sorted({r["rtt_ms"] for r in runs})
     fig, axes = plt.subplots(len(rtts), 1, figsize=(8, 3 * len(rtts)), squeeze=False)
     for ax, rtt_ms in zip(axes[:, 0], rtts, strict=True):
-        for r in (r for r in runs if r["rtt_ms"] == rtt_ms):
-            label = "gradual delay" if r["gradual"] else "no gradual delay"
+        for r in (r for r in runs if r["rtt_ms"] == rtt_ms and r.get("repetition", 0) == 0):
+            label = {"gradual": "gradual delay, hand-over", "plain": "hand-over"}
+            label = (
+                label["gradual" if r["gradual"] else "plain"] if r["handover"] else "no hand-over"
+            )
             xs = [i * 0.1 for i in range(len(r["goodput_mbps"]))]
             (line,) = ax.plot(xs, r["goodput_mbps"], label=label, lw=1)
             if r["handover_s"] is not None:

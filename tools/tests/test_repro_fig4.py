@@ -39,7 +39,7 @@ def test_quick_fig4(tmp_path: Path) -> None:
         timeout=120,
     )
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "fig4: RTT 50 ms" in p.stdout  # progress lines
+    assert "RTT 50 ms" in p.stdout and "handed over at" in p.stdout  # progress lines
     runs = json.loads((tmp_path / "fig4.json").read_text())["runs"]
     assert len(runs) == 1
     run = runs[0]

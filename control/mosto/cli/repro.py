@@ -60,6 +60,8 @@ def _fig4(args: argparse.Namespace) -> int:
         times["at_s"] = args.at
     if args.duration is not None:
         times["duration_s"] = args.duration
+    if args.repeat < 1:
+        raise CliError(f"--repeat must be >= 1, got {args.repeat}")
     if times["duration_s"] <= times["at_s"] + 1:
         raise CliError("--duration must end at least 1 s after --at")
     if args.cc:
@@ -67,7 +69,9 @@ def _fig4(args: argparse.Namespace) -> int:
         if args.cc not in available.split():
             raise CliError(f"--cc {args.cc}: not available here ({available.strip()})")
     rtts = args.rtt or ([50.0] if args.quick else [50.0, 100.0])
-    modes = [True] if args.quick else [False, True]
+    modes = ["gradual"] if args.quick else ["plain", "gradual"]
+    if args.baseline:
+        modes.append("none")
     tool = _tool("repro_fig4")
     out = Path(args.out)
     try:
@@ -79,13 +83,14 @@ def _fig4(args: argparse.Namespace) -> int:
             queue_bdp=args.queue_bdp,
             xdp_mode=args.mode,
             cc=args.cc,
+            repeat=1 if args.quick else args.repeat,
             **times,
         )
     except (RuntimeError, AssertionError, FileNotFoundError) as exc:
         raise CliError(f"fig4: {str(exc).splitlines()[0]}") from None
     tool.plot(runs, out / "fig4.png")
     print(f"fig4: {out / 'fig4.json'}, {out / 'fig4.png'}")
-    return 0 if all(r["handed_over"] for r in runs) else 1
+    return 0 if all(r["handed_over"] for r in runs if r["handover"]) else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -124,6 +129,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["native", "generic"],
         default="native",
         help="XDP mode on the proxy's veths (native works on the delay-line links)",
+    )
+    f.add_argument(
+        "--baseline", action="store_true", help="also a run per RTT that never hands over"
+    )
+    f.add_argument(
+        "--repeat", type=int, default=1, metavar="N", help="every run N times (not --quick)"
     )
     f.add_argument("--cc", help="congestion control on every node (default: the kernel's)")
     f.set_defaults(func=_fig4)

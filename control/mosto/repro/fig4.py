@@ -63,8 +63,19 @@ def metrics(tl: Timeline, trigger_s: float, handover_s: float | None) -> dict:
             recovery = 0.0
         elif below[-1] < tl.end_s - tl.bin_s / 2:
             recovery = below[-1] - handover_s
+    # The windows that overlap the hand-over itself (its hold and, with the
+    # gradual delay, the ramp before it): what the hand-over costs at once,
+    # apart from anything the sender does seconds later.
+    at_handover = [
+        m
+        for end, m in windows
+        if handover_s is not None and end - WINDOW_S <= handover_s + tl.bin_s / 2
+    ]
+    worst_at = min(at_handover, default=None)
+    dip_at = 100.0 * (1 - worst_at / before) if before > 0 and worst_at is not None else None
     return {
         "before_window_s": [round(start, 2), round(trigger_s, 2)],
+        "goodput_dip_at_handover_pct": None if dip_at is None else round(dip_at, 1),
         "goodput_before_mbps": round(before, 1),
         "goodput_worst_1s_mbps": round(worst, 1),
         "goodput_dip_pct": None if dip is None else round(dip, 1),
@@ -81,6 +92,29 @@ def _windows(tl: Timeline, from_s: float) -> list[tuple[float, float]]:
         out.append((t + WINDOW_S, tl.mean_mbps(t, t + WINDOW_S)))
         t += tl.bin_s
     return out
+
+
+def stalls(tl: Timeline, from_s: float, below_mbps: float) -> list[list[float]]:
+    """[start, end] (s) of every run of bins under below_mbps from from_s on."""
+    out: list[list[float]] = []
+    for i in range(max(0, round(from_s / tl.bin_s)), len(tl.bytes)):
+        if tl.bytes[i] * 8 / tl.bin_s / 1e6 >= below_mbps:
+            continue
+        t = round(i * tl.bin_s, 2)
+        if out and abs(out[-1][1] - t) < tl.bin_s / 2:
+            out[-1][1] = round(t + tl.bin_s, 2)
+        else:
+            out.append([t, round(t + tl.bin_s, 2)])
+    return out
+
+
+def srtt_at(samples: Sequence[dict], t: float) -> float | None:
+    """The sender's smoothed RTT (ms) in the last sample at or before t."""
+    best = None
+    for s in samples:
+        if s["t"] <= t:
+            best = s["rtt_ms"]
+    return best
 
 
 def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
