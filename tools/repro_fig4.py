@@ -33,6 +33,7 @@ from mosto.repro.fig4 import (  # noqa: E402
     metrics,
     srtt_at,
     stalls,
+    summary,
 )
 
 SERVER_PORT, PROXY_PORT = 9000, 8000
@@ -244,8 +245,25 @@ def run(
             f"{r['retrans_across']['TcpExtTCPTimeouts']} ({time.monotonic() - t:.0f} s)",
             flush=True,
         )
-        (out / "fig4.json").write_text(json.dumps({"runs": runs}, indent=1))
+        doc = {"summary": summary(runs), "runs": runs}
+        (out / "fig4.json").write_text(json.dumps(doc, indent=1))
     return runs
+
+
+def table(runs: list[dict]) -> str:
+    """The medians per RTT and mode, one line each."""
+    lines = ["RTT ms  mode     runs  before Mbit/s  dip %  dip at hand-over %  recovery s"]
+    for row in summary(runs):
+
+        def fmt(v, spec=".1f"):
+            return "-" if v is None else format(v, spec)
+
+        lines.append(
+            f"{row['rtt_ms']:>6g}  {row['mode']:<8} {row['runs']:>4}  "
+            f"{fmt(row['goodput_before_mbps']):>13}  {fmt(row['goodput_dip_pct']):>5}  "
+            f"{fmt(row['goodput_dip_at_handover_pct']):>18}  {fmt(row['recovery_s'], '.2f'):>10}"
+        )
+    return "\n".join(lines)
 
 
 def plot(runs: list[dict], path: Path) -> None:

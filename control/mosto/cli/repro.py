@@ -89,6 +89,7 @@ def _fig4(args: argparse.Namespace) -> int:
     except (RuntimeError, AssertionError, FileNotFoundError) as exc:
         raise CliError(f"fig4: {str(exc).splitlines()[0]}") from None
     tool.plot(runs, out / "fig4.png")
+    print(tool.table(runs))
     print(f"fig4: {out / 'fig4.json'}, {out / 'fig4.png'}")
     return 0 if all(r["handed_over"] for r in runs if r["handover"]) else 1
 

@@ -119,3 +119,38 @@ def srtt_at(samples: Sequence[dict], t: float) -> float | None:
 
 def counter_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))}
+
+
+def summary(runs: Sequence[dict]) -> list[dict]:
+    """Per RTT and mode (hand-over, gradual delay and hand-over, none): the
+    medians over the repetitions, and every value for the spread."""
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for r in runs:
+        mode = ("gradual" if r["gradual"] else "plain") if r.get("handover", True) else "none"
+        groups.setdefault((r["rtt_ms"], mode), []).append(r)
+    keys = (
+        "goodput_before_mbps",
+        "goodput_dip_pct",
+        "goodput_dip_at_handover_pct",
+        "recovery_s",
+    )
+    out = []
+    for (rtt, mode), rs in sorted(groups.items()):
+        row: dict = {"rtt_ms": rtt, "mode": mode, "runs": len(rs)}
+        for k in keys:
+            values = [r[k] for r in rs if r.get(k) is not None]
+            row[k] = _median(values)
+            row[k + "_all"] = [r.get(k) for r in rs]
+        for k in ("TcpRetransSegs", "TcpExtTCPTimeouts"):
+            row[k] = [r["retrans_across"][k] for r in rs]
+        row["handover_s"] = [r.get("handover_s") for r in rs]
+        out.append(row)
+    return out
+
+
+def _median(values: Sequence[float]) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
