@@ -30,6 +30,7 @@ from mosto.repro.fig4 import (  # noqa: E402
     Timeline,
     counter_delta,
     event_time,
+    hold_start,
     metrics,
     srtt_at,
     stalls,
@@ -118,16 +119,16 @@ def one_run(
 
 
 def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -> dict:
-    if cc:
-        for node in ch.nodes:
-            node.sh("sysctl", "-qw", f"net.ipv4.tcp_congestion_control={cc}")
-    used_cc = ch.server.sh("sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
-    serve = traffic("serve", "--listen", f"0.0.0.0:{SERVER_PORT}")
+    # Per socket (the senders: the server and the proxy): a namespace may use
+    # only the host's allowed list (here reno and bbr), a root socket any.
+    used_cc = cc or ch.server.sh("sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
+    serve = traffic("serve", "--listen", f"0.0.0.0:{SERVER_PORT}", *(["--cc", cc] if cc else []))
     procs.spawn(ch.server, serve, "server.log", ready=True)
     start_agent(ch, procs, mode)
     stats = logdir / "proxy.json"
     proxy_cmd = ["proxy", "--listen", f"0.0.0.0:{PROXY_PORT}"]
     proxy_cmd += ["--upstream", f"{ch.server4}:{SERVER_PORT}", "--stats-file", str(stats)]
+    proxy_cmd += ["--cc", cc] if cc else []
     if mode_name == "none":
         proxy_cmd += ["--agent", ""]
     else:
@@ -161,6 +162,7 @@ def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -
     trigger = event_time(st["events"], "trigger", tl.t0)
     handover = event_time(st["events"], "handed_over", tl.t0)
     at = trigger if trigger is not None else at_s
+    hold = hold_start(st["events"], tl.t0)
     srv = [{**s, "t": round(s["t"] - tl.t0, 2)} for s in ss_samples]
     result = {
         "rtt_ms": rtt_ms,
@@ -175,7 +177,8 @@ def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -
         "handover_s": None if handover is None else round(handover, 3),
         "bytes": sum(tl.bytes),
         "client": json.loads(out) if out.strip() else None,
-        **metrics(tl, at, handover),
+        "hold_s": None if hold is None else round(hold, 3),
+        **metrics(tl, at, handover, hold),
         # under half the rate before, for a bin or more: the hold, and BBR's
         # PROBE_RTT (cwnd 4) once its stale min_rtt expires
         "stalls_s": stalls(tl, at, 0.5 * rate_of(tl, at)),

@@ -92,9 +92,11 @@ def _serve_one(conn: socket.socket) -> None:
             pass
 
 
-def serve(listen: tuple[str, int]) -> None:
+def serve(listen: tuple[str, int], cc: str | None = None) -> None:
     family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
     srv = socket.socket(family, socket.SOCK_STREAM)
+    if cc:  # per socket, so a namespace can use one it is not allowed by default (root)
+        srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(listen)
     srv.listen(1024)
@@ -239,6 +241,7 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--listen", type=_hostport, required=True)
+    s.add_argument("--cc", help="congestion control of the served connections")
     f = sub.add_parser("fetch")
     f.add_argument("--connect", type=_hostport, required=True)
     f.add_argument("--size", type=_size, required=True)
@@ -278,7 +281,7 @@ def main() -> int:
     ):
         parser.error("--timeline and --duration are for a single download")
     if args.cmd == "serve":
-        serve(args.listen)
+        serve(args.listen, args.cc)
         return 0
     if args.cmd == "idle":
         print(json.dumps(hold_open(args.connect, args.count, args.seconds, args.interval)))

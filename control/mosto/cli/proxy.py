@@ -66,6 +66,7 @@ def _proxy(args: argparse.Namespace) -> int:
             policy,
             args.attempts,
             drain=not args.no_drain,
+            cc=args.cc,
         )
     except OSError as exc:
         where = f"{args.listen[0]}:{args.listen[1]}"
@@ -146,6 +147,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="offload without holding the senders and draining (bulk flows will "
         "mostly be refused: buffers not empty)",
+    )
+    p.add_argument(
+        "--cc",
+        metavar="NAME",
+        help="congestion control of both connections (TCP_CONGESTION; one the "
+        "namespace does not allow needs CAP_NET_ADMIN)",
     )
     p.add_argument("--stats-file", help="keep a JSON summary here (rewritten 5 times a second)")
     p.set_defaults(func=_proxy)

@@ -52,7 +52,26 @@ def _positive(text: str) -> float:
     return value
 
 
+def _rescore(args: argparse.Namespace) -> int:
+    import json
+
+    from mosto.repro.fig4 import rescore, summary
+
+    path = Path(args.rescore)
+    try:
+        runs = [rescore(r) for r in json.loads(path.read_text())["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(f"--rescore {path}: not a fig4.json ({exc})") from None
+    path.write_text(json.dumps({"summary": summary(runs), "runs": runs}, indent=1))
+    tool = _tool("repro_fig4")
+    tool.plot(runs, path.with_suffix(".png"))
+    print(tool.table(runs))
+    return 0
+
+
 def _fig4(args: argparse.Namespace) -> int:
+    if args.rescore:
+        return _rescore(args)
     if os.geteuid() != 0:
         raise CliError("repro fig4 needs root (network namespaces, XDP)")
     times = dict(QUICK if args.quick else FULL)
@@ -137,5 +156,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--repeat", type=int, default=1, metavar="N", help="every run N times (not --quick)"
     )
-    f.add_argument("--cc", help="congestion control on every node (default: the kernel's)")
+    f.add_argument(
+        "--rescore",
+        metavar="JSON",
+        help="no runs: recompute a fig4.json's numbers and figure from its timelines",
+    )
+    f.add_argument("--cc", help="congestion control of the senders (default: the kernel's)")
     f.set_defaults(func=_fig4)

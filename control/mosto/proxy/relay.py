@@ -334,8 +334,10 @@ class Proxy:
         policy: Policy | None = None,
         attempts: int = 5,
         drain: bool = True,
+        cc: str | None = None,
     ):
         self.upstream = upstream
+        self.cc = cc
         self.drain = drain
         self.agent_path = agent_path
         self.policy = policy
@@ -378,4 +380,9 @@ class Proxy:
             return
         for s in (a, b):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.cc:
+                try:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, self.cc.encode())
+                except OSError as exc:
+                    log.warning("congestion control %s: %s", self.cc, exc.strerror)
         Relay(a, b, self.agent_path, self.policy, self.attempts, self.stats, self.drain).run()

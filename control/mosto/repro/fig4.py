@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 BEFORE_S = 5.0  # the goodput a dip is measured against: this long before the trigger
 WINDOW_S = 1.0  # a dip is the worst window of this length from the trigger on
-RECOVERED = 0.9  # recovered: every later window at least this share of before
-SLOW_START_S = 1.0  # never counted in "before" (the flow is still ramping up)
+RECOVERED = 0.9  # recovered: a whole window at least this share of before
+SLOW_START_S = 1.0
+BIN_S = (
+    0.1  # fig4.json's goodput_mbps bins  # never counted in "before" (the flow is still ramping up)
+)
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,24 @@ def event_time(events: Sequence[dict], name: str, t0: float) -> float | None:
     return None
 
 
-def metrics(tl: Timeline, trigger_s: float, handover_s: float | None) -> dict:
+def hold_start(events: Sequence[dict], t0: float) -> float | None:
+    """When the hand-over's hold began: the handed_over event less the time
+    it says the hold, drain and offload took."""
+    for ev in events:
+        if ev.get("event") == "handed_over":
+            return float(ev["t"]) - t0 - float(ev.get("ms", 0.0)) / 1e3
+    return None
+
+
+def metrics(
+    tl: Timeline, trigger_s: float, handover_s: float | None, hold_s: float | None = None
+) -> dict:
     """goodput_before_mbps over the BEFORE_S before the trigger (not the first
     SLOW_START_S); goodput_dip_pct: how far the worst WINDOW_S window from the
     trigger on falls below it (the ramp's own cost counts); recovery_s: from
-    the hand-over until every later window is back to RECOVERED of before
-    (0: never below; None: not by the end of the run)."""
+    the hold's start (hold_s; else the hand-over) to the first WINDOW_S window
+    back to RECOVERED of before
+    (None: not by the end of the run)."""
     start = max(SLOW_START_S, trigger_s - BEFORE_S)
     before = tl.mean_mbps(start, trigger_s)
     windows = _windows(tl, trigger_s)
@@ -58,11 +73,12 @@ def metrics(tl: Timeline, trigger_s: float, handover_s: float | None) -> dict:
     dip = 100.0 * (1 - worst / before) if before > 0 else None
     recovery: float | None = None
     if handover_s is not None and before > 0:
-        below = [end for end, m in _windows(tl, handover_s) if m < RECOVERED * before]
-        if not below:
-            recovery = 0.0
-        elif below[-1] < tl.end_s - tl.bin_s / 2:
-            recovery = below[-1] - handover_s
+        # The first whole second after the hand-over back to RECOVERED of
+        # before: how long the hand-over's own gap lasts. Later dips (BBR's
+        # PROBE_RTT) happen without a hand-over too (the baseline shows them).
+        start_s = handover_s if hold_s is None else hold_s
+        back = [end - WINDOW_S for end, m in _windows(tl, start_s) if m >= RECOVERED * before]
+        recovery = back[0] - start_s if back else None
     # The windows that overlap the hand-over itself (its hold and, with the
     # gradual delay, the ramp before it): what the hand-over costs at once,
     # apart from anything the sender does seconds later.
@@ -106,6 +122,17 @@ def stalls(tl: Timeline, from_s: float, below_mbps: float) -> list[list[float]]:
         else:
             out.append([t, round(t + tl.bin_s, 2)])
     return out
+
+
+def rescore(run: dict) -> dict:
+    """A stored run's numbers again, from its timeline and events as kept in
+    fig4.json (so a changed definition needs no new measurement)."""
+    tl = Timeline(0.0, BIN_S, [round(m * 1e6 * BIN_S / 8) for m in run["goodput_mbps"]])
+    trigger = event_time(run["events"], "trigger", 0.0)
+    handover = event_time(run["events"], "handed_over", 0.0)
+    at = trigger if trigger is not None else run["before_window_s"][1]
+    hold = hold_start(run["events"], 0.0)
+    return {**run, "hold_s": hold, **metrics(tl, at, handover, hold)}
 
 
 def srtt_at(samples: Sequence[dict], t: float) -> float | None:
