@@ -291,7 +291,7 @@ def plot(runs: list[dict], path: Path) -> None:
                 ax.axvspan(r["trigger_s"], r["handover_s"], color=line.get_color(), alpha=0.15)
         ax.set_title(f"RTT {rtt_ms:g} ms, split in half by one proxy; dashed: hand-over to XDP")
         ax.set_ylabel("goodput (Mbit/s, 100 ms)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", ncol=3, fontsize="small")
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
