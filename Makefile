@@ -10,7 +10,7 @@ BPF_CFLAGS := -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(ARCH) \
 BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o
 BPF_HDRS := $(wildcard ebpf/*.h)
 
-.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo xdp-test bmv2-test clean
+.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo demo-wan xdp-test bmv2-test clean
 
 all: build
 
@@ -70,6 +70,11 @@ bench: build
 
 demo: build
 	$(PY) tools/demo.py
+
+# Three proxies on a 100 ms path: slow-start ends, delay steps and hand-overs
+# as they happen, then 1 MB direct against through the chain.
+demo-wan: build
+	$(PY) tools/demo_wan.py
 
 clean:
 	rm -rf build

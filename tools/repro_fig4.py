@@ -78,16 +78,19 @@ def _specs(rtt_ms: float, rate_bps: int, queue_bdp: float) -> list[LinkSpec]:
     return [spec, spec]
 
 
-def start_agent(ch: Chain, procs: Processes, mode: str) -> None:
-    """`mosto agent` on the proxy's two chain interfaces (pc toward the
-    client, ps toward the server), maps pinned under the chain's name."""
-    sock = ch.run_dir / "agent.sock"
-    cmd = ["agent", "pc", "ps", "--mode", mode, "--pin-dir", f"/sys/fs/bpf/{ch.name}"]
-    agent = procs.spawn(ch.proxies[0], mosto(*cmd, "--socket", str(sock)), "agent.log")
+def start_agent_on(ch: Chain, procs: Processes, node, role: str, mode: str) -> Path:
+    """`mosto agent` on one proxy's two chain interfaces (pc toward the
+    client, ps toward the server), maps pinned under the node's name; its
+    socket once it is up."""
+    sock = ch.run_dir / f"{role}-agent.sock"
+    cmd = ["agent", "pc", "ps", "--mode", mode, "--pin-dir", f"/sys/fs/bpf/{node.name}"]
+    log = f"{role}-agent.log"
+    agent = procs.spawn(node, mosto(*cmd, "--socket", str(sock)), log)
     wait_for(lambda: sock.exists() or agent.poll() is not None, 15, "the agent's socket")
     if agent.poll() is not None:
-        tail = procs.log_tail("agent.log", 3).replace("\n", " | ")
+        tail = procs.log_tail(log, 3).replace("\n", " | ")
         raise RuntimeError(f"the agent ({mode}) exited {agent.returncode}: {tail}")
+    return sock
 
 
 # What a run does at the fixed time: hand over straight away, hand over after
@@ -115,7 +118,7 @@ def one_run(
             with Processes(logdir) as procs:
                 return _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir)
         finally:
-            subprocess.run(["rm", "-rf", f"/sys/fs/bpf/{ch.name}"], check=False)
+            subprocess.run(["rm", "-rf", f"/sys/fs/bpf/{ch.proxies[0].name}"], check=False)
 
 
 def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -> dict:
@@ -124,7 +127,7 @@ def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -
     used_cc = cc or ch.server.sh("sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
     serve = traffic("serve", "--listen", f"0.0.0.0:{SERVER_PORT}", *(["--cc", cc] if cc else []))
     procs.spawn(ch.server, serve, "server.log", ready=True)
-    start_agent(ch, procs, mode)
+    agent_sock = start_agent_on(ch, procs, ch.proxies[0], "proxy", mode)
     stats = logdir / "proxy.json"
     proxy_cmd = ["proxy", "--listen", f"0.0.0.0:{PROXY_PORT}"]
     proxy_cmd += ["--upstream", f"{ch.server4}:{SERVER_PORT}", "--stats-file", str(stats)]
@@ -132,7 +135,7 @@ def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -
     if mode_name == "none":
         proxy_cmd += ["--agent", ""]
     else:
-        proxy_cmd += ["--agent", str(ch.run_dir / "agent.sock"), "--handover-on", "time"]
+        proxy_cmd += ["--agent", str(agent_sock), "--handover-on", "time"]
         proxy_cmd += ["--handover-at", f"{at_s:g}", *["--gradual"] * (mode_name == "gradual")]
     procs.spawn(ch.proxies[0], mosto(*proxy_cmd), "proxy.log")
     wait_for(stats.exists, 10, "the proxy")
