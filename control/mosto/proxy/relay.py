@@ -109,6 +109,14 @@ class Policy:
             raise ValueError("hand-over on time needs a time >= 0 s")
 
 
+def _rtt_s(sock: socket.socket) -> float:
+    """The socket's smoothed RTT in seconds, 0 if it cannot say (closed)."""
+    try:
+        return tcpinfo.read(sock).rtt_us / 1e6
+    except OSError:
+        return 0.0
+
+
 class Relay:
     """One proxied flow: a = to the client, b = to the server."""
 
@@ -199,7 +207,10 @@ class Relay:
         if now < self._next_probe:  # TCP_INFO costs a syscall: every SLOWSTART_POLL_S
             return False
         self._next_probe = now + SLOWSTART_POLL_S
-        info = tcpinfo.read(self._sending())
+        try:
+            info = tcpinfo.read(self._sending())
+        except OSError:  # the connection went meanwhile: the relay loop will see it
+            return False
         if info.left_slow_start:
             self.stats.event(
                 "slowstart_end",
@@ -224,12 +235,12 @@ class Relay:
             # proxy's own sending socket, whose RTT it measures best.
             target = spec.target_ms
             if target is None:
-                target = tcpinfo.read(sending).rtt_us / 1e3
+                target = _rtt_s(sending) * 1e3
             self.ramp = Ramp(spec, target, now)
             self.stats.event("ramp_start", target_ms=round(target, 2))
         # The sender's loop: its own connection's RTT (the one the proxy is not
         # sending on) plus the delay the proxy adds now.
-        other = tcpinfo.read(self._other(sending)).rtt_us / 1e6
+        other = _rtt_s(self._other(sending))
         new = self.ramp.advance(now, other)
         if new is not None:
             self.delay_s = new
