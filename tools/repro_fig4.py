@@ -93,9 +93,10 @@ def start_agent_on(ch: Chain, procs: Processes, node, role: str, mode: str) -> P
     return sock
 
 
-# What a run does at the fixed time: hand over straight away, hand over after
-# the gradual delay, or nothing (the proxy relays to the end: the baseline).
-MODES = ("plain", "gradual", "none")
+# What a run does: at the fixed time hand over straight away, or after the
+# gradual delay; nothing (the proxy relays to the end: the baseline); or hand
+# over as soon as the proxy's sending socket leaves slow start.
+MODES = ("plain", "gradual", "none", "slowstart")
 
 
 def one_run(
@@ -134,6 +135,8 @@ def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -
     proxy_cmd += ["--cc", cc] if cc else []
     if mode_name == "none":
         proxy_cmd += ["--agent", ""]
+    elif mode_name == "slowstart":
+        proxy_cmd += ["--agent", str(agent_sock), "--handover-on", "slowstart"]
     else:
         proxy_cmd += ["--agent", str(agent_sock), "--handover-on", "time"]
         proxy_cmd += ["--handover-at", f"{at_s:g}", *["--gradual"] * (mode_name == "gradual")]
@@ -171,6 +174,7 @@ def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -
         "rtt_ms": rtt_ms,
         "gradual": mode_name == "gradual",
         "handover": mode_name != "none",
+        "mode": mode_name,
         "cc": used_cc,
         "xdp_mode": mode,
         "rate_mbps": None,  # filled in by run()
@@ -194,6 +198,9 @@ def _measure(ch, procs, rtt_ms, mode_name, at_s, duration_s, mode, cc, logdir) -
         "retrans_before": counter_delta(n0, n1),
         "retrans_across": counter_delta(n1, n2),
         "events": [{**e, "t": round(e["t"] - tl.t0, 3)} for e in st["events"]],
+        "goodput_by_3s_mbps": [
+            round(tl.mean_mbps(t, t + 3), 1) for t in range(0, int(tl.end_s) - 2, 3)
+        ],
         "goodput_mbps": [round(x, 1) for x in tl.mbps()],
         "server_tcp": srv,
     }
@@ -222,10 +229,14 @@ def run(
     todo = [(rtt, m, i) for i in range(repeat) for rtt in rtts for m in modes]
     for n, (rtt_ms, mode_name, i) in enumerate(todo, 1):
         t = time.monotonic()
-        what = {"plain": "hand-over", "gradual": "gradual delay, hand-over", "none": "no hand-over"}
+        what = {
+            "plain": f"hand-over at {at_s:g} s",
+            "gradual": f"gradual delay, hand-over at {at_s:g} s",
+            "none": f"no hand-over (baseline for {at_s:g} s)",
+            "slowstart": "hand-over at the end of slow start",
+        }
         print(
-            f"fig4 [{n}/{len(todo)}]: RTT {rtt_ms:g} ms, {what[mode_name]} at {at_s:g} s "
-            f"of {duration_s:g} s ...",
+            f"fig4 [{n}/{len(todo)}]: RTT {rtt_ms:g} ms, {what[mode_name]}, {duration_s:g} s ...",
             flush=True,
         )
         r = one_run(

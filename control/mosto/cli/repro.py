@@ -13,6 +13,7 @@ from types import ModuleType
 from mosto.cli import CliError
 
 TOOLS = Path(__file__).resolve().parents[3] / "tools"
+MODES = ("plain", "gradual", "none", "slowstart")  # tools/repro_fig4.py MODES
 FULL = {"at_s": 5.0, "duration_s": 15.0}
 # --quick: one run, short enough for a smoke test (about 12 s with the set-up).
 QUICK = {"at_s": 3.0, "duration_s": 6.0}
@@ -88,8 +89,11 @@ def _fig4(args: argparse.Namespace) -> int:
         if args.cc not in available.split():
             raise CliError(f"--cc {args.cc}: not available here ({available.strip()})")
     rtts = args.rtt or ([50.0] if args.quick else [50.0, 100.0])
-    modes = ["gradual"] if args.quick else ["plain", "gradual"]
-    if args.baseline:
+    modes = ["gradual"] if args.quick else args.modes.split(",")
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise CliError(f"--modes: unknown {','.join(bad)} (known: {','.join(MODES)})")
+    if args.baseline and "none" not in modes:
         modes.append("none")
     tool = _tool("repro_fig4")
     out = Path(args.out)
@@ -149,6 +153,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["native", "generic"],
         default="native",
         help="XDP mode on the proxy's veths (native works on the delay-line links)",
+    )
+    f.add_argument(
+        "--modes",
+        default="plain,gradual",
+        help="what runs do, comma-separated: plain (hand-over at --at), gradual (the "
+        "gradual delay, then the hand-over), none (no hand-over), slowstart (hand-over "
+        "when the proxy's sending socket leaves slow start); default plain,gradual",
     )
     f.add_argument(
         "--baseline", action="store_true", help="also a run per RTT that never hands over"

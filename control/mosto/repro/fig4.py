@@ -153,7 +153,9 @@ def summary(runs: Sequence[dict]) -> list[dict]:
     medians over the repetitions, and every value for the spread."""
     groups: dict[tuple[float, str], list[dict]] = {}
     for r in runs:
-        mode = ("gradual" if r["gradual"] else "plain") if r.get("handover", True) else "none"
+        mode = r.get("mode") or (
+            ("gradual" if r["gradual"] else "plain") if r.get("handover", True) else "none"
+        )
         groups.setdefault((r["rtt_ms"], mode), []).append(r)
     keys = (
         "goodput_before_mbps",
