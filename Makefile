@@ -14,7 +14,7 @@ BPF_DEFINES ?=
 BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o build/splice_tc.bpf.o build/parse_only_tc.bpf.o
 BPF_HDRS := $(wildcard ebpf/*.h ebpf/ctx/*.h) shared/contract.h
 
-.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo xdp-test tc-test bmv2-test install-objects clean
+.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo demo-wan xdp-test tc-test bmv2-test install-objects clean
 
 all: build
 
@@ -90,6 +90,11 @@ PREFIX ?= /usr/local
 install-objects: build
 	install -d $(PREFIX)/share/mosto
 	install -m 0644 $(BPF_OBJS) $(PREFIX)/share/mosto/
+
+# Three proxies on a 100 ms path: slow-start ends, delay steps and hand-overs
+# as they happen, then 1 MB direct against through the chain.
+demo-wan: build
+	$(PY) tools/demo_wan.py
 
 clean:
 	rm -rf build

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 
 CHUNK = 1 << 20
 PACE_BYTES = 64 << 10
+TIMELINE_BIN_S = 0.1
 
 
 def stream(size: int, seed: int) -> Iterator[bytes]:
@@ -57,6 +58,13 @@ def _recv_exact_line(sock: socket.socket) -> bytes:
 
 
 def _handle(conn: socket.socket) -> None:
+    try:
+        _serve_one(conn)
+    except ConnectionError:
+        pass  # the client stopped early (fetch --duration): its reset ends the flow
+
+
+def _serve_one(conn: socket.socket) -> None:
     with conn:
         size, direction, seed, pace = _recv_exact_line(conn).split()
         size, seed, pace = int(size), int(seed), float(pace)
@@ -84,9 +92,11 @@ def _handle(conn: socket.socket) -> None:
             pass
 
 
-def serve(listen: tuple[str, int]) -> None:
+def serve(listen: tuple[str, int], cc: str | None = None) -> None:
     family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
     srv = socket.socket(family, socket.SOCK_STREAM)
+    if cc:  # per socket, so a namespace can use one it is not allowed by default (root)
+        srv.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(listen)
     srv.listen(1024)
@@ -103,10 +113,17 @@ def fetch(
     seed: int,
     pace: float = 0.0,
     read_pace: float = 0.0,
+    timeline: str | None = None,
+    duration: float | None = None,
 ) -> dict:
     """pace: the sender sleeps this long after each PACE_BYTES (a slower flow, to hand
-    over mid-stream); the server paces downloads, the client uploads."""
+    over mid-stream); the server paces downloads, the client uploads. Downloads:
+    timeline, a file for the bytes read per TIMELINE_BIN_S from the connect on
+    (goodput over time); duration, stop reading after that many seconds (a
+    bulk flow of a fixed length; the result says how much came, not ok)."""
     t0 = time.monotonic()
+    wall0 = time.time()
+    bins: list[int] = []
     sock = socket.create_connection(addr, timeout=120)
     sock.sendall(f"{size} {'up' if upload else 'down'} {seed} {pace}\n".encode())
     h, got, max_gap = hashlib.sha256(), 0, 0.0
@@ -124,19 +141,34 @@ def fetch(
         got_digest, got = answer.decode(), size
     else:
         last = time.monotonic()
+        stopped = False
         while data := sock.recv(CHUNK):  # the server paces a download
             now = time.monotonic()
             max_gap, last = max(max_gap, now - last), now
+            if timeline is not None:
+                i = int((now - t0) / TIMELINE_BIN_S)
+                bins.extend([0] * (i + 1 - len(bins)))
+                bins[i] += len(data)
             if verify:
                 h.update(data)
             got += len(data)
             if read_pace and got % PACE_BYTES < len(data):
                 time.sleep(read_pace)  # a slow reader: data piles up on the way
                 last = time.monotonic()
-        sock.shutdown(socket.SHUT_WR)
+            if duration is not None and now - t0 >= duration:
+                stopped = True
+                break
+        if not stopped:
+            sock.shutdown(socket.SHUT_WR)
         got_digest = h.hexdigest()
     sock.close()
     seconds = time.monotonic() - t0
+    if timeline is not None:
+        doc = {"t0": wall0, "bin_s": TIMELINE_BIN_S, "bytes": bins}
+        with open(timeline, "w") as f:
+            json.dump(doc, f)
+    if not upload and duration is not None and got < size:
+        return {"ok": False, "stopped": True, "bytes": got, "seconds": seconds}
     expected = digest(size, seed) if verify else got_digest
     return {
         "ok": got_digest == expected and got == size,
@@ -209,6 +241,7 @@ def main() -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--listen", type=_hostport, required=True)
+    s.add_argument("--cc", help="congestion control of the served connections")
     f = sub.add_parser("fetch")
     f.add_argument("--connect", type=_hostport, required=True)
     f.add_argument("--size", type=_size, required=True)
@@ -227,14 +260,28 @@ def main() -> int:
         help="zeros, no sha256: measures the path, not the hashing",
     )
     f.add_argument("--parallel", type=int, default=1, help="flows at once (seeds seed, seed+1..)")
+    f.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help=f"downloads: bytes read per {TIMELINE_BIN_S:g} s bin, as JSON in FILE",
+    )
+    f.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="downloads: stop reading after this"
+    )
     h = sub.add_parser("idle", help="open quiet connections and keep them")
     h.add_argument("--connect", type=_hostport, required=True)
     h.add_argument("--count", type=int, default=1)
     h.add_argument("--seconds", type=float, default=5.0)
     h.add_argument("--interval", type=float, default=0.0, help="between two connects (s)")
     args = parser.parse_args()
+    if (
+        args.cmd == "fetch"
+        and (args.timeline or args.duration)
+        and (args.upload or args.parallel > 1)
+    ):
+        parser.error("--timeline and --duration are for a single download")
     if args.cmd == "serve":
-        serve(args.listen)
+        serve(args.listen, args.cc)
         return 0
     if args.cmd == "idle":
         print(json.dumps(hold_open(args.connect, args.count, args.seconds, args.interval)))
@@ -242,7 +289,16 @@ def main() -> int:
     if args.no_verify:
         args.seed = -1
     if args.parallel == 1:
-        result = fetch(args.connect, args.size, args.upload, args.seed, args.pace, args.read_pace)
+        result = fetch(
+            args.connect,
+            args.size,
+            args.upload,
+            args.seed,
+            args.pace,
+            args.read_pace,
+            args.timeline,
+            args.duration,
+        )
     else:
         result = fetch_many(args.connect, args.size, args.upload, args.seed, args.parallel)
     print(json.dumps(result))

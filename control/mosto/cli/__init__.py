@@ -16,6 +16,7 @@ SUBCOMMANDS = (
     "mosto.cli.proxy",
     "mosto.cli.chains",
     "mosto.cli.bmv2",
+    "mosto.cli.repro",
 )
 
 

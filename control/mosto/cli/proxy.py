@@ -29,18 +29,44 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a size like 4M, got {text!r}") from None
 
 
+def _policy(args: argparse.Namespace):
+    """The hand-over policy the options describe, None for never; CliError if
+    they contradict each other."""
+    from mosto.proxy.gradual import GradualDelay
+    from mosto.proxy.relay import Policy
+
+    on = args.handover_on or ("bytes" if args.handover_after is not None else None)
+    if on is None:
+        if args.gradual or args.handover_at is not None:
+            raise CliError("--gradual and --handover-at need --handover-on")
+        return None
+    if on == "time" and args.handover_at is None:
+        raise CliError("--handover-on time needs --handover-at SECONDS")
+    if on != "time" and args.handover_at is not None:
+        raise CliError("--handover-at goes with --handover-on time")
+    try:
+        gradual = None
+        if args.gradual:
+            gradual = GradualDelay(args.delay_step, args.delay_target, args.step_rtts)
+        return Policy(on, args.handover_after, args.handover_at, gradual)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 def _proxy(args: argparse.Namespace) -> int:
     from mosto.proxy.relay import Proxy
 
+    policy = _policy(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         proxy = Proxy(
             args.listen,
             args.upstream,
             args.agent or None,
-            args.handover_after,
+            policy,
             args.attempts,
             drain=not args.no_drain,
+            cc=args.cc,
         )
     except OSError as exc:
         where = f"{args.listen[0]}:{args.listen[1]}"
@@ -87,7 +113,33 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_size,
         default=None,
         metavar="BYTES",
-        help="hand a flow over once this much went through (e.g. 1M)",
+        help="hand a flow over once this much went through (e.g. 1M); with "
+        "--handover-on slowstart or time, not before",
+    )
+    p.add_argument(
+        "--handover-on",
+        choices=["bytes", "slowstart", "time"],
+        help="what starts a hand-over: --handover-after bytes (the default when "
+        "given), the end of slow start on the proxy's sending socket (TCP_INFO), "
+        "or --handover-at seconds into the flow",
+    )
+    p.add_argument("--handover-at", type=float, metavar="SECONDS", help="with --handover-on time")
+    g = p.add_argument_group("gradual delay before a hand-over (paper V-B)")
+    g.add_argument("--gradual", action="store_true", help="raise the relay's delay in steps first")
+    g.add_argument("--delay-step", type=float, default=10.0, metavar="MS", help="(10)")
+    g.add_argument(
+        "--delay-target",
+        type=float,
+        metavar="MS",
+        help="the delay to reach; default: the smoothed RTT of the proxy's sending "
+        "connection, which is what the sender's loop gains when the proxy goes",
+    )
+    g.add_argument(
+        "--step-rtts",
+        type=float,
+        default=4.0,
+        metavar="N",
+        help="each step lasts N of the sender's loops, its RTT plus the delay (4)",
     )
     p.add_argument("--attempts", type=int, default=5, help="hand-over attempts per flow (5)")
     p.add_argument(
@@ -95,6 +147,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="offload without holding the senders and draining (bulk flows will "
         "mostly be refused: buffers not empty)",
+    )
+    p.add_argument(
+        "--cc",
+        metavar="NAME",
+        help="congestion control of both connections (TCP_CONGESTION; one the "
+        "namespace does not allow needs CAP_NET_ADMIN)",
     )
     p.add_argument("--stats-file", help="keep a JSON summary here (rewritten 5 times a second)")
     p.set_defaults(func=_proxy)

@@ -4,10 +4,12 @@ It connects each client to a fixed upstream, or, transparent (TPROXY), to the
 address the client asked for, from the client's own address and port.
 
 Each accepted connection gets a thread: connect upstream, register the pair
-with the agent, relay; once `handover_after` bytes went through, hold the
-senders, drain, and offload. A refused hand-over is retried a few times and
-otherwise the proxy just keeps relaying. Not a production proxy: it is the
-client library's worked example and the test and demo workload.
+with the agent, relay; once the policy says so (bytes relayed, the end of
+slow start, a time), optionally raise the relay's delay in steps
+(gradual.py), then hold the senders, drain, and offload. A refused
+hand-over is retried a few times and otherwise the proxy just keeps
+relaying. Not a production proxy: it is the client library's worked example
+and the test and demo workload.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from mosto.proxy import tcpinfo
+from mosto.proxy.gradual import DelayQueue, GradualDelay, Ramp
 from mosto.wire.client import AgentClient
 from mosto.wire.queues import queued
 from mosto.wire.refusal import Refused
@@ -34,8 +38,15 @@ DRAIN_TIMEOUT_S = 3.0
 # loss probe (Linux sends one 2 RTTs, at least 10 ms, after its last segment),
 # which would otherwise land during the offload and make it refuse.
 QUIET_FOR_S = 0.012
+EVENTS_KEPT = 1000
 RETRY_BYTES = 1 << 20  # after a refusal, relay this much more before trying again
 QUICK_RETRIES = 20  # hand-overs retried at once when a late segment spoiled one
+# A side is not read while this much of it waits in the delay queue (memory
+# bound; 1 Gbit/s for 0.5 s of delay).
+QUEUE_MAX = 64 << 20
+SLOWSTART_POLL_S = 0.005  # slow start doubles per RTT: a small fraction of one
+PUMP_S = 0.005  # loop wake-up while a ramp or a hand-over is under way
+IDLE_PUMP_S = 0.1  # otherwise (a time trigger is at most this late on a quiet flow)
 
 
 @dataclass
@@ -46,6 +57,9 @@ class ProxyStats:
     relayed_bytes: int = 0
     handover_ms: list[float] = field(default_factory=list)  # hold + drain + offload
     offload_ms: list[float] = field(default_factory=list)  # the offload call alone
+    # what each flow went through, with wall-clock times (other processes
+    # line them up with their own): trigger, slowstart_end, delay steps, ...
+    events: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **changes: int) -> None:
@@ -62,11 +76,49 @@ class ProxyStats:
                 "relayed_bytes": self.relayed_bytes,
                 "handover_ms": list(self.handover_ms),
                 "offload_ms": list(self.offload_ms),
+                "events": list(self.events[-EVENTS_KEPT:]),
             }
+
+    def event(self, name: str, **fields: object) -> None:
+        log.info("%s %s", name, " ".join(f"{k}={v}" for k, v in fields.items()))
+        with self.lock:
+            self.events.append({"t": time.time(), "event": name, **fields})
+            del self.events[:-EVENTS_KEPT]
 
     def refusal(self, code: str) -> None:
         with self.lock:
             self.refused[code] = self.refused.get(code, 0) + 1
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When a flow is handed over.
+
+    on: "bytes" once after_bytes went through; "slowstart" once the proxy's
+    sending socket left slow start (tcpinfo.py says why that signal), and
+    after_bytes went through if given; "time" at_s seconds after the flow
+    began. gradual: raise the relay's delay in steps first (gradual.py)."""
+
+    on: str = "bytes"
+    after_bytes: int | None = None
+    at_s: float | None = None
+    gradual: GradualDelay | None = None
+
+    def __post_init__(self) -> None:
+        if self.on not in ("bytes", "slowstart", "time"):
+            raise ValueError(f"unknown hand-over trigger {self.on!r}")
+        if self.on == "bytes" and self.after_bytes is None:
+            raise ValueError("hand-over on bytes needs a byte count")
+        if self.on == "time" and (self.at_s is None or self.at_s < 0):
+            raise ValueError("hand-over on time needs a time >= 0 s")
+
+
+def _rtt_s(sock: socket.socket) -> float:
+    """The socket's smoothed RTT in seconds, 0 if it cannot say (closed)."""
+    try:
+        return tcpinfo.read(sock).rtt_us / 1e6
+    except OSError:
+        return 0.0
 
 
 class Relay:
@@ -77,31 +129,42 @@ class Relay:
         a: socket.socket,
         b: socket.socket,
         agent_path: str | None,
-        handover_after: int | None,
+        policy: Policy | None,
         attempts: int,
         stats: ProxyStats,
         drain: bool = True,
     ):
         self.a, self.b = a, b
         self.agent_path = agent_path
-        self.handover_after = handover_after
+        self.policy = policy
         self.attempts = attempts
         self.stats = stats
         self.drain = drain
         self.relayed = 0
+        self.started = time.monotonic()
         self.eof = {a: False, b: False}
-        self.pending = {a: b"", b: b""}  # bytes read from the key, not yet written onward
+        self.shut = {a: False, b: False}  # the other side was shut down after our EOF
+        self.queue = {a: DelayQueue(), b: DelayQueue()}  # read from the key, to go onward
+        self.sent = {a: 0, b: 0}  # bytes written to the key
+        self.delay_s = 0.0
+        self.ramp: Ramp | None = None
+        self._next_probe = 0.0
 
     def _other(self, s: socket.socket) -> socket.socket:
         return self.b if s is self.a else self.a
 
     def _pump(self, timeout: float) -> bool:
-        """Moves what is readable; False when both sides are done."""
+        """Moves what is readable and due; False when both sides are done."""
         sel = selectors.DefaultSelector()
         for s in (self.a, self.b):
-            if not self.eof[s] and not self.pending[s]:
+            if not self.eof[s] and self.queue[s].bytes < QUEUE_MAX:
                 sel.register(s, selectors.EVENT_READ)
+        due = [t for t in (self.queue[s].next_at() for s in (self.a, self.b)) if t is not None]
+        if due:
+            timeout = max(0.0, min(timeout, min(due) - time.monotonic()))
         ready = sel.select(timeout) if sel.get_map() else []
+        if not sel.get_map() and due:
+            time.sleep(timeout)
         sel.close()
         for key, _ in ready:
             s = self.a if key.fileobj is self.a else self.b
@@ -111,19 +174,82 @@ class Relay:
                 data = b""
             if not data:
                 self.eof[s] = True
+                continue
+            self.queue[s].push(time.monotonic() + self.delay_s, data)
+        now = time.monotonic()
+        for s in (self.a, self.b):
+            data = self.queue[s].pop_due(now)
+            if data:
+                self._other(s).sendall(data)
+                self.sent[self._other(s)] += len(data)
+                self.relayed += len(data)
+                self.stats.add(relayed_bytes=len(data))
+            if self.eof[s] and not self.queue[s] and not self.shut[s]:
+                self.shut[s] = True  # our FIN goes after the last delayed byte
                 try:
                     self._other(s).shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
-                continue
-            self.pending[s] = data
-        for s in (self.a, self.b):
-            if self.pending[s]:
-                self._other(s).sendall(self.pending[s])
-                self.relayed += len(self.pending[s])
-                self.stats.add(relayed_bytes=len(self.pending[s]))
-                self.pending[s] = b""
-        return not (self.eof[self.a] and self.eof[self.b])
+        return not (self.shut[self.a] and self.shut[self.b])
+
+    def _sending(self) -> socket.socket:
+        """The proxy's sending socket: the one it wrote the most to (a download's
+        is the client's)."""
+        return self.a if self.sent[self.a] >= self.sent[self.b] else self.b
+
+    def _due(self) -> bool:
+        """The policy's moment has come."""
+        p = self.policy
+        assert p is not None
+        if p.after_bytes is not None and self.relayed < p.after_bytes:
+            return False
+        if p.on == "bytes":
+            return True
+        if p.on == "time":
+            return time.monotonic() - self.started >= (p.at_s or 0.0)
+        now = time.monotonic()
+        if now < self._next_probe:  # TCP_INFO costs a syscall: every SLOWSTART_POLL_S
+            return False
+        self._next_probe = now + SLOWSTART_POLL_S
+        try:
+            info = tcpinfo.read(self._sending())
+        except OSError:  # the connection went meanwhile: the relay loop will see it
+            return False
+        if info.left_slow_start:
+            self.stats.event(
+                "slowstart_end",
+                cwnd=info.cwnd,
+                ssthresh=info.ssthresh,
+                rtt_ms=info.rtt_us / 1e3,
+                bytes=self.relayed,
+            )
+            return True
+        return False
+
+    def _ramp_step(self) -> bool:
+        """Advances the gradual delay; True once it is complete."""
+        spec = self.policy.gradual if self.policy else None
+        if spec is None:
+            return True
+        now = time.monotonic()
+        sending = self._sending()
+        if self.ramp is None:
+            # What the removal adds to the sender's loop is the connection it is
+            # not on: for a download, the proxy's connection to the client, the
+            # proxy's own sending socket, whose RTT it measures best.
+            target = spec.target_ms
+            if target is None:
+                target = _rtt_s(sending) * 1e3
+            self.ramp = Ramp(spec, target, now)
+            self.stats.event("ramp_start", target_ms=round(target, 2))
+        # The sender's loop: its own connection's RTT (the one the proxy is not
+        # sending on) plus the delay the proxy adds now.
+        other = _rtt_s(self._other(sending))
+        new = self.ramp.advance(now, other)
+        if new is not None:
+            self.delay_s = new
+            self.stats.event("delay", delay_ms=round(new * 1e3, 2))
+        return self.ramp.done
 
     def _register(self, agent_path: str) -> AgentClient | None:
         """An agent connection with this flow registered, or None: a flow the
@@ -145,29 +271,38 @@ class Relay:
     def run(self) -> None:
         client = None
         try:
-            if self.agent_path and self.handover_after is not None:
+            policy = self.policy
+            if self.agent_path and policy is not None:
                 client = self._register(self.agent_path)
-            next_try = self.handover_after
             attempts, quick = self.attempts, QUICK_RETRIES
-            while self._pump(0.5):
-                if client and attempts and next_try is not None and self.relayed >= next_try:
-                    refused = self._handover(client)
-                    if refused is None or refused == SPLICED_WITHOUT_ANSWER:
-                        return
-                    if refused == AGENT_LOST:  # relay to the end, without an agent
-                        client.close()
-                        client = None
-                        continue
-                    # Data that came in during the attempt: try again at once, on a
-                    # budget of its own (a busy host makes these common).
-                    again = (
-                        self.drain and refused in ("buffers_not_empty", "state_moved") and quick > 0
-                    )
-                    if again:
-                        quick -= 1
-                    else:
-                        attempts -= 1
-                    next_try = self.relayed + (0 if again else RETRY_BYTES)
+            triggered = False
+            retry_at: int | None = None  # after a refusal, relay up to here first
+            while self._pump(PUMP_S if triggered else IDLE_PUMP_S):
+                if not (client and attempts):
+                    continue
+                if retry_at is not None and self.relayed < retry_at:
+                    continue
+                if not triggered:
+                    triggered = self._due()
+                    if triggered:
+                        self.stats.event("trigger", bytes=self.relayed)
+                if not triggered or not self._ramp_step():
+                    continue
+                refused = self._handover(client)
+                if refused is None or refused == SPLICED_WITHOUT_ANSWER:
+                    return
+                if refused == AGENT_LOST:  # relay to the end, without an agent
+                    client.close()
+                    client = None
+                    continue
+                # Data that came in during the attempt: try again at once, on a
+                # budget of its own (a busy host makes these common).
+                again = self.drain and refused in ("buffers_not_empty", "state_moved") and quick > 0
+                if again:
+                    quick -= 1
+                else:
+                    attempts -= 1
+                retry_at = self.relayed + (0 if again else RETRY_BYTES)
         except Exception:
             log.exception("relay failed")
         finally:
@@ -177,7 +312,9 @@ class Relay:
             self.b.close()
 
     def _quiet(self) -> bool:
-        return all(queued(s) == (0, 0) for s in (self.a, self.b)) and not any(self.pending.values())
+        return all(queued(s) == (0, 0) for s in (self.a, self.b)) and not any(
+            self.queue[s] for s in (self.a, self.b)
+        )
 
     def _handover(self, client: AgentClient) -> str | None:
         """None once handed over, else why not."""
@@ -191,6 +328,10 @@ class Relay:
             except OSError:
                 self.stats.refusal(AGENT_LOST)
                 return AGENT_LOST
+            # Whatever waits in the delay queue goes now: the drain needs it acked.
+            self.delay_s = 0.0
+            for q in self.queue.values():
+                q.release_all()
             if not self._drain(client):
                 return "drain_timeout"
         t1 = time.perf_counter()
@@ -199,12 +340,14 @@ class Relay:
         except Refused as exc:  # offload lifts the hold either way
             log.info("hand-over refused (%s): %s", exc.code, exc.message)
             self.stats.refusal(exc.code)
+            self.stats.event("refused", code=exc.code)
             return exc.code
         except OSError:
             return self._agent_lost_in_offload()
         t2 = time.perf_counter()
         log.info("handed over as splice %s after %d bytes", splice["id"], self.relayed)
         self.stats.add(handed_over=1)
+        self.stats.event("handed_over", bytes=self.relayed, ms=round((t2 - t0) * 1e3, 2))
         with self.stats.lock:
             self.stats.handover_ms.append((t2 - t0) * 1e3)
             self.stats.offload_ms.append((t2 - t1) * 1e3)
@@ -259,14 +402,16 @@ class Proxy:
         listen: tuple[str, int],
         upstream: tuple[str, int] | None,
         agent_path: str | None,
-        handover_after: int | None = None,
+        policy: Policy | None = None,
         attempts: int = 5,
         drain: bool = True,
+        cc: str | None = None,
     ):
         self.upstream = upstream
+        self.cc = cc
         self.drain = drain
         self.agent_path = agent_path
-        self.handover_after = handover_after
+        self.policy = policy
         self.attempts = attempts
         self.stats = ProxyStats()
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
@@ -306,6 +451,9 @@ class Proxy:
             return
         for s in (a, b):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        Relay(
-            a, b, self.agent_path, self.handover_after, self.attempts, self.stats, self.drain
-        ).run()
+            if self.cc:
+                try:
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, self.cc.encode())
+                except OSError as exc:
+                    log.warning("congestion control %s: %s", self.cc, exc.strerror)
+        Relay(a, b, self.agent_path, self.policy, self.attempts, self.stats, self.drain).run()
