@@ -21,6 +21,8 @@ import struct
 import sys
 import time
 
+from scapy.utils import checksum  # the Internet checksum (RFC 1071)
+
 ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
 ICMP_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, id, seq
@@ -29,20 +31,11 @@ IPV4_HEADER_WORDS_MASK = 0x0F
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python lacks the name
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _request(v6: bool, ident: int, seq: int, payload: bytes) -> bytes:
     if v6:  # the kernel fills in the ICMPv6 checksum (pseudo-header)
         return ICMP_HEADER.pack(ICMP6_ECHO_REQUEST, 0, 0, ident, seq) + payload
     header = ICMP_HEADER.pack(ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    csum = _checksum(header + payload)
+    csum = checksum(header + payload)
     return ICMP_HEADER.pack(ICMP_ECHO_REQUEST, 0, csum, ident, seq) + payload
 
 

@@ -44,37 +44,34 @@ class HoldError(Exception):
 PURE_ACK = "tcp flags & (fin | syn | rst) == 0"
 
 
-def _rules() -> list[str]:
+def _per_doff(chain: str, set_name: str, pure_ack: bool) -> list[str]:
+    """One rule per TCP data offset (nftables cannot subtract the header length
+    from the IP length): drop what is in set_name and carries no payload (and
+    no SYN, FIN or RST) if pure_ack, else what carries payload."""
+    op, extra = ("", f" {PURE_ACK}") if pure_ack else ("> ", "")
     rules = []
     for doff in range(TCP_DOFF_MIN, TCP_DOFF_MAX + 1):
         hdr = 4 * doff
         rules.append(
-            f"add rule inet {TABLE} output ip hdrlength 5 @th,96,4 {doff} "
-            f"ip length {IPV4_HLEN + hdr} {PURE_ACK} "
-            f"ip saddr . ip daddr . tcp sport . tcp dport @held4 counter drop"
+            f"add rule inet {TABLE} {chain} ip hdrlength 5 @th,96,4 {doff} "
+            f"ip length {op}{IPV4_HLEN + hdr}{extra} "
+            f"ip saddr . ip daddr . tcp sport . tcp dport @{set_name}4 counter drop"
         )
         rules.append(
-            f"add rule inet {TABLE} output @th,96,4 {doff} ip6 length {hdr} {PURE_ACK} "
-            f"ip6 saddr . ip6 daddr . tcp sport . tcp dport @held6 counter drop"
+            f"add rule inet {TABLE} {chain} @th,96,4 {doff} ip6 length {op}{hdr}{extra} "
+            f"ip6 saddr . ip6 daddr . tcp sport . tcp dport @{set_name}6 counter drop"
         )
     return rules
+
+
+def _rules() -> list[str]:
+    """The proxy's own pure ACKs on held flows (outbound 4-tuples)."""
+    return _per_doff("output", "held", pure_ack=True)
 
 
 def _freeze_rules() -> list[str]:
     """Data-bearing segments to a frozen flow are dropped (inbound 4-tuples)."""
-    rules = []
-    for doff in range(TCP_DOFF_MIN, TCP_DOFF_MAX + 1):
-        hdr = 4 * doff
-        rules.append(
-            f"add rule inet {TABLE} prerouting ip hdrlength 5 @th,96,4 {doff} "
-            f"ip length > {IPV4_HLEN + hdr} "
-            f"ip saddr . ip daddr . tcp sport . tcp dport @frozen4 counter drop"
-        )
-        rules.append(
-            f"add rule inet {TABLE} prerouting @th,96,4 {doff} ip6 length > {hdr} "
-            f"ip6 saddr . ip6 daddr . tcp sport . tcp dport @frozen6 counter drop"
-        )
-    return rules
+    return _per_doff("prerouting", "frozen", pure_ack=False)
 
 
 class Holds:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import socket
 import struct
 
+from scapy.utils import checksum  # the Internet checksum (RFC 1071)
+
 from mosto.agent.kernel.tcpstate import TcpState, enter_repair, leave_repair, read_state
 
 TCP_REPAIR_WINDOW = 29  # <linux/tcp.h>: struct tcp_repair_window
@@ -42,15 +44,6 @@ def receive_window(sock: socket.socket, state: TcpState) -> int:
     if left >= U32 // 2:  # the right edge is behind rcv_nxt: nothing is left
         left = 0
     return min(left >> state.info.rcv_wscale, WINDOW_MAX)
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def segment(state: TcpState, window: int, peer_tsval: int | None) -> bytes:
@@ -82,7 +75,7 @@ def segment(state: TcpState, window: int, peer_tsval: int | None) -> bytes:
         pseudo = laddr.packed + paddr.packed + struct.pack("!BBH", 0, IPPROTO_TCP, len(tcp))
     else:
         pseudo = laddr.packed + paddr.packed + struct.pack("!I3xB", len(tcp), IPPROTO_TCP)
-    csum = _checksum(pseudo + tcp)
+    csum = checksum(pseudo + tcp)
     tcp = tcp[:16] + struct.pack("!H", csum) + tcp[18:]
     if laddr.version == 4:
         ip = struct.pack(
@@ -98,7 +91,7 @@ def segment(state: TcpState, window: int, peer_tsval: int | None) -> bytes:
             laddr.packed,
             paddr.packed,
         )
-        ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
     else:
         ip = struct.pack(
             "!IHBB16s16s", 6 << 28, len(tcp), IPPROTO_TCP, TTL, laddr.packed, paddr.packed
