@@ -45,15 +45,35 @@ def pytest_collection_modifyitems(config, items):
 # -- nothing left behind (tools/leftovers.py) -----------------------------------
 
 
+def _opened_for_others() -> dict[Path, int]:
+    """Tests run proxies and attackers as other uids, from this checkout: each
+    folder above it must let others through (a checkout under a 0700 folder,
+    mktemp's, say, would not). Grants search permission where it is missing,
+    for the session only; returns the modes to restore."""
+    changed = {}
+    for d in [ROOT, *ROOT.parents]:
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            d.chmod(mode | 0o001)
+            changed[d] = mode
+    if changed:
+        print(f"mosto: let other users through {', '.join(map(str, changed))} for the tests")
+    return changed
+
+
 def pytest_sessionstart(session):
     if os.geteuid() == 0:
         from leftovers import snapshot
 
+        session.config._mosto_modes = _opened_for_others()
         session.config._mosto_before = snapshot(ROOT)
 
 
 def pytest_sessionfinish(session, exitstatus):
     from leftovers import left_behind, snapshot
+
+    for d, mode in getattr(session.config, "_mosto_modes", {}).items():
+        d.chmod(mode)
 
     before = getattr(session.config, "_mosto_before", None)
     if before is None:
