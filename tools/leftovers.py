@@ -30,12 +30,19 @@ def _processes(checkout: Path) -> set[str]:
     return found
 
 
+# What the kernel puts in every new bpffs (bpf_preload): there after mosto
+# mounts bpffs on a host that had none, and not mosto's to remove.
+KERNEL_PINS = {"maps.debug", "progs.debug"}
+
+
 def snapshot(checkout: Path) -> dict[str, set[str]]:
     bpffs = Path("/sys/fs/bpf")
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
     return {
         "network namespaces": _first_words("ip", "netns", "list"),
-        "pins under /sys/fs/bpf": {p.name for p in bpffs.iterdir()} if bpffs.is_dir() else set(),
+        "pins under /sys/fs/bpf": (
+            {p.name for p in bpffs.iterdir()} - KERNEL_PINS if bpffs.is_dir() else set()
+        ),
         "nftables tables": set(tables.stdout.splitlines()),
         "processes": _processes(checkout),
     }
