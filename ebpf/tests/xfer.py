@@ -13,26 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import socket
 import sys
+from pathlib import Path
 
-CHUNK = 1 << 16
-
-
-def stream(size: int, seed: int):
-    rng = random.Random(seed)
-    while size > 0:
-        n = min(CHUNK, size)
-        yield rng.randbytes(n)
-        size -= n
-
-
-def digest(size: int, seed: int) -> str:
-    h = hashlib.sha256()
-    for block in stream(size, seed):
-        h.update(block)
-    return h.hexdigest()
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from traffic import CHUNK, digest, stream  # noqa: E402  (the data the e2e transfers use)
 
 
 def recv_line(sock: socket.socket) -> str:
