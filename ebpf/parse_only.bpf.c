@@ -8,6 +8,7 @@
 #include "maps.h"
 #include "parsing.h"
 #include "ctx/ctx.h"
+#include "parse_ctx.h"
 
 SEC(CTX_SEC)
 int mosto_parse_only(struct ctx_buff *ctx)
@@ -15,14 +16,7 @@ int mosto_parse_only(struct ctx_buff *ctx)
 	struct packet p = {};
 	int ret;
 
-	if (ctx_pull_headers(ctx)) {
-		count(CNT_PASS_TRUNCATED);
-		return CTX_PASS;
-	}
-	p.data = ctx_data(ctx);
-	p.data_end = ctx_data_end(ctx);
-	p.vlan_meta = ctx_vlan_meta(ctx);
-	ret = parse_packet(&p);
+	ret = parse_ctx(ctx, &p);
 	count(ret == PARSE_OK ? CNT_PASS_MISS : ret);
 	return CTX_PASS;
 }

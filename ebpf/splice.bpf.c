@@ -16,6 +16,7 @@
 #include "maps.h"
 #include "parsing.h"
 #include "ctx/ctx.h"
+#include "parse_ctx.h"
 #include "splice_abi.h"
 #include "tcp_opts.h"
 
@@ -192,14 +193,7 @@ int mosto_splice_prog(struct ctx_buff *ctx)
 	struct packet p = {};
 	int ret;
 
-	if (ctx_pull_headers(ctx)) {
-		count(CNT_PASS_TRUNCATED);
-		return CTX_PASS;
-	}
-	p.data = ctx_data(ctx);
-	p.data_end = ctx_data_end(ctx);
-	p.vlan_meta = ctx_vlan_meta(ctx);
-	ret = parse_packet(&p);
+	ret = parse_ctx(ctx, &p);
 	if (ret != PARSE_OK) {
 		count(ret);
 		return CTX_PASS;
