@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from processes import BIN, REPO, Processes, mosto, traffic, wait_for
-from topology import PROXY_C4, PROXY_C6, SERVER4, SERVER6, Topology
+from topology import PROXY_C4, PROXY_C6, SERVER4, SERVER6, Topology, topology
 
 __all__ = ["IDLE_TIMEOUT_S", "Stack", "wait_for"]
 
@@ -190,6 +190,17 @@ class Stack:
 
     def close(self) -> None:
         self.procs.stop_all()
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, prefix: str, **kwargs) -> Iterator[Stack]:
+        """A stack on a topology of its own, all of it removed afterwards."""
+        with topology(prefix) as topo:
+            stack = cls(topo, **kwargs)
+            try:
+                yield stack
+            finally:
+                stack.close()
 
 
 class ProxyProc:

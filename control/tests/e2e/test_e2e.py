@@ -13,7 +13,7 @@ import time
 
 import pytest
 from stack import IDLE_TIMEOUT_S, SERVER_PORT, Stack, wait_for
-from topology import topology, tproxy
+from topology import tproxy
 
 from netns import in_ns
 
@@ -23,12 +23,8 @@ NOBODY = 65534
 
 @pytest.fixture(scope="module")
 def stack():
-    with topology("mte") as topo:
-        s = Stack(topo)
-        try:
-            yield s
-        finally:
-            s.close()
+    with Stack.running("mte") as s:
+        yield s
 
 
 def _settled(proxy) -> dict | None:

@@ -12,7 +12,6 @@ import threading
 
 import pytest
 from stack import Stack, wait_for
-from topology import topology
 
 from mosto.agent.failpoints import POINTS
 
@@ -23,12 +22,8 @@ SPLICED = ("offload_installed", "offload_neutralised", "offload_done")
 
 @pytest.fixture(scope="module")
 def stack():
-    with topology("mfl") as topo:
-        s = Stack(topo)
-        try:
-            yield s
-        finally:
-            s.close()
+    with Stack.running("mfl") as s:
+        yield s
 
 
 def _entries_of(stack: Stack, port: int) -> list[dict]:

@@ -21,7 +21,7 @@ import pytest
 from processes import BIN, REPO, wait_for
 from processes import mosto as mosto_cmd
 from stack import SERVER_PORT, Stack
-from topology import SERVER4, topology
+from topology import SERVER4
 
 import mosto
 
@@ -36,24 +36,20 @@ VICTIM_PORT = 8600
 
 @pytest.fixture(scope="module")
 def stack():
-    with topology("msec") as topo:
-        s = Stack(
-            topo,
-            agent_args=(
-                "--admin-group",
-                ADMIN_GROUP,
-                "--hold-timeout",
-                str(HOLD_TIMEOUT_S),
-                "--max-connections-per-uid",
-                str(PER_UID),
-                "--idle-timeout",  # the victim's quiet splices must live through the module
-                "600",
-            ),
-        )
-        try:
-            yield s
-        finally:
-            s.close()
+    with Stack.running(
+        "msec",
+        agent_args=(
+            "--admin-group",
+            ADMIN_GROUP,
+            "--hold-timeout",
+            str(HOLD_TIMEOUT_S),
+            "--max-connections-per-uid",
+            str(PER_UID),
+            "--idle-timeout",  # the victim's quiet splices must live through the module
+            "600",
+        ),
+    ) as s:
+        yield s
 
 
 TCP_ACK = 0x10
