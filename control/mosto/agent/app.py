@@ -10,9 +10,11 @@ import signal
 from dataclasses import dataclass, field
 
 import mosto
-from mosto.agent import failpoints, sockdir
+from mosto import failpoints
+from mosto.agent import sockdir
 from mosto.agent.core import HOLD_TIMEOUT_S, Agent, Quotas
 from mosto.agent.kernel.hold import HoldError, Holds
+from mosto.agent.kernel.repairlog import RepairLog
 from mosto.agent.kernel.tcpstate import probe_repair
 from mosto.agent.server import AgentServer, Limits
 from mosto.targets.base import Target, TargetError
@@ -137,6 +139,10 @@ def run(cfg: AgentConfig) -> int:
     agent = Agent(target, holds, idle_timeout=cfg.idle_timeout, grace=cfg.grace, port_map=port_map)
     agent.quotas = cfg.quotas
     agent.hold_timeout = cfg.hold_timeout
+    agent.repairlog = RepairLog.beside(cfg.socket)
+    finished = agent.recover_repairs()
+    if finished:
+        log.info("%d proxy sockets a dead agent left in repair mode taken back", finished)
     kept = agent.reserve_rebuilt()
     if kept:
         log.info("%d four-tuples of rebuilt splices reserved", kept)

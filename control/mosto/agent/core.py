@@ -17,9 +17,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from mosto.agent import failpoints, trust
+from mosto import failpoints
+from mosto.agent import trust
 from mosto.agent.flowlock import FlowLocks
 from mosto.agent.handover import Pair, build_entries, check_options, check_quiet, moved, pair_of
 from mosto.agent.kernel import sockinfo
@@ -27,6 +29,7 @@ from mosto.agent.kernel.hold import Holds
 from mosto.agent.kernel.netinfo import NoRoute, next_hop
 from mosto.agent.kernel.neutral import Reservation, neutralise, no_queue, reserve
 from mosto.agent.kernel.poke import poke, prompt_ack, receive_window
+from mosto.agent.kernel.repairlog import RepairLog, take_back
 from mosto.agent.kernel.tcpstate import (
     TCP_ESTABLISHED,
     TcpState,
@@ -221,6 +224,7 @@ class Agent:
         self._held: dict[FlowKey, Held] = {}
         self._reservations: dict[int, list[Reservation]] = {}
         self.results_by_uid: dict[int, Counter[str]] = {}
+        self.repairlog: RepairLog | None = None
 
     @staticmethod
     def _tcp_state(sock: socket.socket, name: str) -> TcpState:
@@ -487,9 +491,14 @@ class Agent:
                     )
                 # Outside the agent's lock (this flow's lock is held): _commit
                 # takes it for the table changes only.
-                splice, anchors = self._frozen_install(
-                    a, b, pair, to_server_hop, to_client_hop, tsvals
-                )
+                record = self._note_repair(caller, a, b)
+                try:
+                    splice, anchors = self._frozen_install(
+                        a, b, pair, to_server_hop, to_client_hop, tsvals
+                    )
+                finally:  # out of repair mode, spliced or not (or this agent is dead)
+                    if record is not None and self.repairlog is not None:
+                        self.repairlog.remove(record)
                 splice.owner = caller.uid
             except BaseException:
                 if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
@@ -498,6 +507,54 @@ class Agent:
             if self._lift_hold(pair):
                 self._kick(a, b, pair, anchors)
             return splice
+
+    def _note_repair(self, caller: Caller, a: socket.socket, b: socket.socket) -> Path | None:
+        """Before the sockets go into repair mode: written down for a restarted
+        agent (repairlog.py), in case this one dies before they are out."""
+        if self.repairlog is None:
+            return None
+        return self.repairlog.write(caller.uid, caller.pid, a, b)
+
+    def recover_repairs(self) -> int:
+        """A dead agent's proxy sockets still in repair mode, taken back from
+        whoever holds them: neutralised if their splice is in the data plane
+        (the proxy sees them disconnected), else out of repair mode and the
+        peer prompted (the proxy relays on). Before reserve_rebuilt(): the
+        neutralised sockets free the four-tuples it reserves."""
+        if self.repairlog is None:
+            return 0
+        done = 0
+        for rec in self.repairlog.records():
+            for wanted, inode in rec.socks:
+                sock = take_back(wanted, inode, rec.pid)
+                if sock is None:  # closed, with or without its process: nothing to do
+                    continue
+                try:
+                    if sockinfo.in_repair(sock):
+                        self._finish_repair(sock)
+                        done += 1
+                except OSError as exc:
+                    log.warning("could not finish a dead agent's repair of %s: %s", sock, exc)
+                finally:
+                    sock.close()
+            self.repairlog.remove(rec.path)
+        return done
+
+    def _finish_repair(self, sock: socket.socket) -> None:
+        local = sockinfo.endpoint(sock.getsockname())
+        peer = sockinfo.endpoint(sock.getpeername())
+        arriving = FlowKey(peer[0], local[0], peer[1], local[1])
+        if arriving in self._by_match:
+            neutralise(sock)
+            log.warning("%s: spliced by a dead agent; the proxy's socket neutralised", arriving)
+            return
+        no_queue(sock)
+        leave_repair(sock)
+        try:
+            prompt_ack(sock, self._learned_tsval(arriving))
+        except OSError as exc:  # nothing is lost; the sender may wait for its RTO
+            log.warning("could not prompt a peer to acknowledge: %s", exc)
+        log.warning("%s: a dead agent's hand-over undone; the proxy's socket back", arriving)
 
     def _frozen_install(self, a, b, pair: Pair, *args) -> tuple[Splice, Anchors]:
         """_install, with a held pair frozen meanwhile (hold.py: no late data
@@ -553,6 +610,7 @@ class Agent:
             for sock in (a, b):
                 enter_repair(sock)
                 entered.append(sock)
+            failpoints.reach("offload_in_repair")
             r_a, r_b = read_state(a, repair=True), read_state(b, repair=True)
             check_quiet(r_a, r_b)
             anchors = ((r_a, receive_window(a, r_a)), (r_b, receive_window(b, r_b)))

@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from mosto import failpoints
 from mosto.proxy import tcpinfo
 from mosto.proxy.gradual import DelayQueue, GradualDelay, Ramp
 from mosto.wire.client import AgentClient
@@ -40,6 +41,9 @@ DRAIN_TIMEOUT_S = 3.0
 QUIET_FOR_S = 0.012
 EVENTS_KEPT = 1000
 RETRY_BYTES = 1 << 20  # after a refusal, relay this much more before trying again
+# An agent that dies with our sockets in repair mode: how long its successor
+# (a supervisor restarts it) may take to hand them back or finish the splice.
+RECOVER_WAIT_S, RECOVER_POLL_S = 10.0, 0.02
 QUICK_RETRIES = 20  # hand-overs retried at once when a late segment spoiled one
 # A side is not read while this much of it waits in the delay queue (memory
 # bound; 1 Gbit/s for 0.5 s of delay).
@@ -261,6 +265,7 @@ class Relay:
             return None
         try:
             client.register(self.a, self.b)
+            failpoints.reach("proxy_registered")
         except (Refused, OSError) as exc:
             log.warning("not registered (%s): relaying", exc)
             self.stats.refusal(exc.code if isinstance(exc, Refused) else "agent_lost")
@@ -322,6 +327,7 @@ class Relay:
         if self.drain:
             try:
                 client.hold(self.a, self.b)
+                failpoints.reach("proxy_held")
             except Refused as exc:  # not held: nothing to undo, keep relaying
                 self.stats.refusal(exc.code)
                 return exc.code
@@ -345,6 +351,7 @@ class Relay:
         except OSError:
             return self._agent_lost_in_offload()
         t2 = time.perf_counter()
+        failpoints.reach("proxy_handed_over")
         log.info("handed over as splice %s after %d bytes", splice["id"], self.relayed)
         self.stats.add(handed_over=1)
         self.stats.event("handed_over", bytes=self.relayed, ms=round((t2 - t0) * 1e3, 2))
@@ -354,18 +361,25 @@ class Relay:
         return None
 
     def _agent_lost_in_offload(self) -> str:
-        """The agent went away during the offload. If it had put our sockets in
-        repair mode it had the flow's entries installed or about to be, and a
-        restarted agent keeps a complete splice: the sockets are closed, which
-        in repair mode (or neutralised) sends nothing. Otherwise they are as
-        they were and the proxy relays on."""
-        in_repair = any(s.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR) for s in (self.a, self.b))
+        """The agent went away during the offload. Sockets it had not yet put in
+        repair mode are as they were: relay on. Sockets in repair mode are the
+        next agent's to finish (PROTOCOL.md, "the agent dies"): it disconnects
+        them if their splice is in the data plane (close them: that sends
+        nothing) or takes them out of repair mode (relay on). If no agent comes
+        back in time they are closed, in repair mode, silently."""
         self.stats.refusal(AGENT_LOST)
-        if in_repair or any(_disconnected(s) for s in (self.a, self.b)):
-            log.warning("agent lost during the offload, sockets in repair mode: closing them")
-            return SPLICED_WITHOUT_ANSWER
-        log.warning("agent lost before the offload took the sockets: relaying")
-        return AGENT_LOST
+        deadline = time.monotonic() + RECOVER_WAIT_S
+        while True:
+            if any(_disconnected(s) for s in (self.a, self.b)):
+                log.warning("agent lost during the offload, the flow spliced: closing our sockets")
+                return SPLICED_WITHOUT_ANSWER
+            if not any(s.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR) for s in (self.a, self.b)):
+                log.warning("agent lost during the offload, our sockets as they were: relaying")
+                return AGENT_LOST
+            if time.monotonic() > deadline:
+                log.warning("agent lost during the offload and not back: closing our sockets")
+                return SPLICED_WITHOUT_ANSWER
+            time.sleep(RECOVER_POLL_S)
 
     def _drain(self, client: AgentClient) -> bool:
         """Relays while the senders are held, until all is acked and nothing has

@@ -1,22 +1,30 @@
-"""Fault injection, for the tests that kill the agent between the steps of a
-request (control/tests/e2e/test_faults.py): with MOSTO_FAILPOINT=NAME in its
-environment the agent SIGKILLs itself when it reaches step NAME, exactly as
-an operator's kill -9 or an OOM kill would stop it there. Unset, reach() is a
-string comparison."""
+"""Fault injection, for the tests that kill the agent or the proxy between the
+steps of a hand-over (control/tests/e2e/test_faults.py): with
+MOSTO_FAILPOINT=NAME in its environment the process SIGKILLs itself when it
+reaches step NAME, exactly as an operator's kill -9 or an OOM kill would stop
+it there. Unset, reach() is a string comparison."""
 
 from __future__ import annotations
 
 import os
 import signal
 
-POINTS = (
+AGENT_POINTS = (
     "register",  # learning entries installed, the peers not yet prompted
     "hold",  # the hold in nftables, the proxy not yet answered
     "offload_before_repair",  # checks done, the sockets not yet in repair mode
+    "offload_in_repair",  # the sockets in repair mode, no entry yet (repairlog.py)
     "offload_installed",  # entries active, the sockets in repair mode, unverified
     "offload_neutralised",  # verified, the proxy's sockets closed, splice not recorded
     "offload_done",  # spliced and recorded, the proxy not yet answered
 )
+PROXY_POINTS = (
+    "proxy_registered",  # learning entries in, nothing held
+    "proxy_held",  # the senders held, the drain not begun
+    "proxy_offload_sent",  # the offload (with the sockets) sent, not yet answered
+    "proxy_handed_over",  # the offload answered ok
+)
+POINTS = AGENT_POINTS + PROXY_POINTS
 ARMED = os.environ.get("MOSTO_FAILPOINT", "")
 
 
