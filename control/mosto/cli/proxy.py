@@ -9,6 +9,7 @@ import os
 import threading
 import time
 
+from mosto import failpoints
 from mosto.cli import CliError
 from mosto.wire import protocol
 
@@ -58,6 +59,12 @@ def _proxy(args: argparse.Namespace) -> int:
 
     policy = _policy(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        failpoints.check()
+    except failpoints.UnknownFailpoint as exc:
+        raise CliError(str(exc)) from None
+    if failpoints.ARMED:
+        logging.warning("fault injection: this proxy kills itself at %s", failpoints.ARMED)
     try:
         proxy = Proxy(
             args.listen,

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from mosto import failpoints
 from mosto.wire import protocol, refusal
 from mosto.wire.refusal import Refused
 
@@ -66,6 +67,7 @@ class AgentClient:
         last page."""
         with self._lock:
             protocol.send(self._sock, doc, [s.fileno() for s in socks])
+            failpoints.reach(f"proxy_{doc.get('op')}_sent")
             reply = self._recv()
             while reply.pop("more", False):
                 page = self._recv()

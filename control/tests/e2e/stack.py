@@ -113,6 +113,7 @@ class Stack:
         v6: bool = False,
         uid: int | None = None,
         transparent: bool = False,
+        env: dict[str, str] | None = None,
     ) -> Iterator[ProxyProc]:
         """A reference proxy on port; transparent: it takes the clients' connections
         to the server (TPROXY) and connects as the client."""
@@ -141,7 +142,7 @@ class Stack:
                 "--inh-caps=-all",
                 *cmd,
             ]
-        p = self.procs.spawn(self.topo.proxy, cmd, f"proxy-{port}.log")
+        p = self.procs.spawn(self.topo.proxy, cmd, f"proxy-{port}.log", env=env)
         wait_for(stats.exists, 10, "the proxy's stats file")
         try:
             yield ProxyProc(p, stats, port, v6)

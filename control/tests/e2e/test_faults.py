@@ -2,8 +2,9 @@
 operator's supervisor would restart it (nothing cleaned up by hand): the
 transfer completes, through the proxy or through the splice, with every byte
 intact, and nothing the dead agent made outlives the flow (no splice entry,
-no learning entry, no hold). The agent kills itself at the step through
-MOSTO_FAILPOINT (mosto.agent.failpoints)."""
+no learning entry, no hold). And the proxy killed at every step: the agent
+finishes what it was given and keeps nothing of the rest. The process kills
+itself at the step through MOSTO_FAILPOINT (mosto.failpoints)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import threading
 import pytest
 from stack import Stack, wait_for
 
-from mosto.agent.failpoints import POINTS
+from mosto.failpoints import AGENT_POINTS, PROXY_POINTS
 
 MIB = 1 << 20
 # Steps by which the entries are installed: the flow goes on through the splice.
 SPLICED = ("offload_installed", "offload_neutralised", "offload_done")
+# The offload's request carries the sockets: the agent finishes it without the proxy.
+PROXY_SPLICED = ("proxy_offload_sent", "proxy_handed_over")
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +42,33 @@ def _mosto(*args: str) -> list[str]:
     return mosto(*args)
 
 
+def _fetch_or_broken(stack: Stack, proxy) -> dict:
+    """The client's result; a connection reset (the proxy died with data unread)
+    is a result too."""
+    from processes import traffic
+    from topology import PROXY_C4
+
+    out = stack.topo.client.sh(
+        *traffic("fetch", "--connect", f"{PROXY_C4}:{proxy.port}", "--size", "64M"),
+        "--pace",
+        "0.002",
+        check=False,
+    )
+    if out.stdout:
+        return json.loads(out.stdout)
+    assert "ConnectionResetError" in out.stderr, out.stderr
+    return {"ok": False, "reset": True}
+
+
 def _held(stack: Stack) -> str:
     return stack.topo.proxy.sh(
         "nft", "list", "set", "inet", "mosto_hold", "held4", check=False
     ).stdout
 
 
-@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("point", AGENT_POINTS)
 def test_agent_killed_at_a_step_the_transfer_completes_and_nothing_is_left(stack, point):
-    port = 8800 + POINTS.index(point)
+    port = 8800 + AGENT_POINTS.index(point)
     stack.kill_agent()
     stack.start_agent(env={"MOSTO_FAILPOINT": point})
     armed = stack.agent
@@ -70,3 +91,20 @@ def test_agent_killed_at_a_step_the_transfer_completes_and_nothing_is_left(stack
         assert stats["relayed_bytes"] < 64 * MIB, stats
     wait_for(lambda: not _entries_of(stack, port), 20, "the flow's entries to go")
     assert "elements" not in _held(stack), _held(stack)
+
+
+@pytest.mark.parametrize("point", PROXY_POINTS)
+def test_proxy_killed_at_a_step_the_agent_keeps_nothing_of_it(stack, point):
+    port = 8900 + PROXY_POINTS.index(point)
+    armed = {"MOSTO_FAILPOINT": point}
+    with stack.proxy(port, "--handover-after", str(4 * MIB), env=armed) as proxy:
+        got = _fetch_or_broken(stack, proxy)
+        wait_for(lambda: proxy.proc.poll() is not None, 10, f"the proxy to die at {point}")
+    if point in PROXY_SPLICED:  # the data plane carried the flow to its end, intact
+        assert got.get("ok"), got
+    else:  # the proxy's ends of both connections went with it
+        assert not got.get("ok"), got
+    wait_for(lambda: not _entries_of(stack, port), 20, "the flow's entries to go")
+    assert "elements" not in _held(stack), _held(stack)
+    assert stack.agent.poll() is None, "the agent died with the proxy"
+    assert f":{port}" not in stack.ctl("list")
