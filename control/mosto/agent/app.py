@@ -55,10 +55,11 @@ class AgentConfig:
 def open_target(cfg: AgentConfig) -> tuple[Target, dict[str, int] | None]:
     """The data plane, and (for a switch) the port of each host interface."""
     if cfg.target == "xdp":
-        from mosto.targets.xdp.target import HOOKS, XdpTarget, default_hook
+        from mosto.targets.xdp.target import HOOKS, XdpTarget, default_hook, require_interfaces
 
         if cfg.ports:
             raise ConfigError("--port is for --target bmv2")
+        require_interfaces(cfg.interfaces)
         if cfg.hook not in (*HOOKS, "auto"):
             raise ConfigError(f"--hook expects auto, xdp or tc, got {cfg.hook!r}")
         hooks = {

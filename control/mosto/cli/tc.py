@@ -11,9 +11,10 @@ from mosto.targets.xdp.paths import DEFAULT_PIN_DIR
 
 
 def _attach(args: argparse.Namespace) -> int:
-    from mosto.targets.xdp.target import TargetError, XdpTarget
+    from mosto.targets.xdp.target import TargetError, XdpTarget, require_interfaces
 
     try:
+        require_interfaces(args.interfaces)
         with XdpTarget(pin_dir=args.pin_dir, obj_path=args.object, hook="tc") as target:
             for ifname in args.interfaces:
                 target.attach(ifname, hook="tc")

@@ -95,3 +95,16 @@ def test_object_option_takes_a_path(veth, tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr == f"mosto: {missing}: no such BPF object\n"
+
+
+@pytest.mark.parametrize("hook", ["xdp", "tc"])
+def test_a_missing_interface_is_refused_before_anything_is_pinned(hook):
+    pin = Path(f"/sys/fs/bpf/mosto-typo-{uuid.uuid4().hex[:6]}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mosto", hook, "attach", "nosuchif0", "--pin-dir", str(pin)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "mosto: no interface named 'nosuchif0'\n"
+    assert not pin.exists()

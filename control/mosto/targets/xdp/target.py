@@ -55,6 +55,18 @@ def ifindex_of(egress: int | str) -> int:
         raise TargetError(f"no interface named {egress!r}") from None
 
 
+def require_interfaces(names: Iterable[str]) -> None:
+    """Before anything is loaded or pinned: a typo must not leave pins behind."""
+    missing = []
+    for name in names:
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            missing.append(name)
+    if missing:
+        raise TargetError(f"no interface named {', '.join(map(repr, missing))}")
+
+
 def is_veth(ifname: str) -> bool:
     try:
         driver = os.path.basename(os.readlink(f"/sys/class/net/{ifname}/device/driver"))
