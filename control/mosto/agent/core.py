@@ -153,6 +153,7 @@ class Agent:
         self._watchers: list[tuple[Any, int | None]] = []
         self.results: Counter[str] = Counter()  # hand-overs by outcome
         self.latencies: list[float] = []  # seconds, successful hand-overs
+        self._last_id = 0
         self._init_trust()
         self._rebuild()
 
@@ -161,7 +162,7 @@ class Agent:
     def _rebuild(self) -> None:
         """Pairs the target's entries into splices (after a restart, say)."""
         entries = {e.match: (i, e) for i, e in self.target.entries()}
-        for match, (i, e) in sorted(entries.items(), key=lambda kv: kv[1][0]):
+        for match, (_, e) in sorted(entries.items(), key=lambda kv: kv[1][0]):
             if e.learn:
                 self._learning[match] = Learning(match)
                 continue
@@ -169,8 +170,9 @@ class Agent:
             if back is None or back[1].learn or match in self._by_match:
                 continue
             # The side is not stored; the entry with the lower id is called the client's.
-            self._splices[i] = Splice(i, e, back[1])
-            self._index(self._splices[i])
+            splice = Splice(self._new_id(), e, back[1])
+            self._splices[splice.id] = splice
+            self._index(splice)
         orphans = (
             set(entries)
             - set(self._learning)
@@ -188,6 +190,16 @@ class Agent:
                 len(self._splices),
                 len(self._learning),
             )
+
+    def _new_id(self) -> int:
+        """Splice ids never repeat while the host is up, across agent restarts
+        too: each is above the last and at least the microseconds since boot
+        (CLOCK_BOOTTIME never goes back), and no agent makes one a microsecond.
+        So a late release or event cannot name a newer splice. Under 2^53:
+        exact in any JSON reader."""
+        now_us = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1000
+        self._last_id = max(self._last_id + 1, now_us)
+        return self._last_id
 
     def _emit(self, event: dict[str, Any], owner: Any = _SPLICE_OWNER) -> None:
         """To every watcher allowed to see the splice's events (owner: its uid, or
@@ -669,7 +681,7 @@ class Agent:
         try:
             with self._lock:
                 learning = {f: f in self._learning for f in (cs.match, sc.match)}
-                splice_id = self._add(cs)
+                self._add(cs)
                 installed.append(cs.match)
                 self._add(sc)
                 installed.append(sc.match)
@@ -688,10 +700,10 @@ class Agent:
         with self._lock:
             for flow in installed:
                 self._learning.pop(flow, None)
-            splice = Splice(splice_id, cs, sc)
-            self._splices[splice_id] = splice
+            splice = Splice(self._new_id(), cs, sc)
+            self._splices[splice.id] = splice
             self._index(splice)
-        log.info("splice %d: %s <-> %s", splice_id, cs.match, _out_flow(cs))
+        log.info("splice %d: %s <-> %s", splice.id, cs.match, _out_flow(cs))
         return splice
 
     def reserve_rebuilt(self) -> int:

@@ -11,7 +11,7 @@ from mosto.wire import refusal
 FD_OPS = frozenset({"register", "hold", "unhold", "offload"})
 OPS = FD_OPS | {"release", "list", "stats", "watch"}
 MAX_ID_LEN = 64
-U32 = 1 << 32
+MAX_SPLICE_ID = 1 << 53  # ids are below it (agent.core._new_id): exact in JSON
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ def parse(doc: dict[str, Any], nfds: int) -> Request:
     splice = None
     if op == "release":
         splice = doc.get("splice")
-        if isinstance(splice, bool) or not isinstance(splice, int) or not 0 <= splice < U32:
+        if (
+            isinstance(splice, bool)
+            or not isinstance(splice, int)
+            or not 0 <= splice < MAX_SPLICE_ID
+        ):
             raise refusal.BadRequest("release needs an integer 'splice'")
     return Request(op, splice, _request_id(doc.get("id")))

@@ -94,12 +94,28 @@ def test_rollback_when_the_second_entry_does_not_fit(target):
     assert target.entries() == []
 
 
-def test_restart_pairs_entries_into_the_same_splices(target):
-    splice = Agent(target)._commit(*splice_entries(), ok)
+def test_restart_pairs_entries_into_the_same_splices_under_new_ids(target):
+    first = Agent(target)
+    splice = first._commit(*splice_entries(), ok)
     again = Agent(target)
-    assert [(s["id"], s["client"], s["server"]) for s in again.list()] == [
-        (splice.id, FROM_CLIENT.to_json(), FROM_SERVER.to_json())
+    assert [(s["client"], s["server"]) for s in again.list()] == [
+        (FROM_CLIENT.to_json(), FROM_SERVER.to_json())
     ]
+    assert again.list()[0]["id"] > splice.id  # the dead agent's id names nothing now
+    with pytest.raises(refusal.NotFound):
+        again.release(splice.id)
+
+
+def test_splice_ids_are_never_given_twice(target):
+    agent = Agent(target)
+    ids = []
+    for _ in range(3):  # the same slots each time: the ids still differ
+        splice = agent._commit(*splice_entries(), ok)
+        ids.append(splice.id)
+        agent.release(splice.id)
+    assert ids == sorted(set(ids)) and len(ids) == 3
+    assert Agent(target)._commit(*splice_entries(), ok).id > ids[-1]  # and after a restart
+    assert ids[-1] < 2**53
 
 
 def test_fin_both_ways_ends_the_splice_after_the_grace(target):
