@@ -57,3 +57,24 @@ def test_repair_probe_says_why_an_unprivileged_agent_cannot_work():
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout == "TCP_REPAIR needs CAP_NET_ADMIN: run the agent as root\n"
+
+
+def test_a_trip_through_repair_mode_keeps_the_proxys_so_reuseaddr(loopback_pair):
+    """Leaving repair mode resets the kernel's sk_reuse: a proxy whose accepted
+    sockets lost SO_REUSEADDR could not bind its port again past a TIME_WAIT."""
+    from mosto.agent.kernel.poke import prompt_ack
+
+    proxy_side, peer = loopback_pair
+    proxy_side.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    prompt_ack(proxy_side)  # what register does to each socket
+    assert proxy_side.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+    prompt_ack(peer)  # and a socket without it stays without
+    assert peer.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+
+
+def test_a_flow_past_established_is_not_registered(loopback_pair):
+    proxy_side, peer = loopback_pair
+    peer.shutdown(socket.SHUT_WR)  # the client's FIN: proxy_side is in CLOSE_WAIT
+    time.sleep(0.05)
+    with pytest.raises(refusal.NotEstablished, match="client connection is in TCP state"):
+        Agent(MemoryTarget()).register(proxy_side, peer)

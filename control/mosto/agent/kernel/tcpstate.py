@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import socket
 import struct
+import weakref
 from dataclasses import dataclass
 
 from mosto.wire.queues import queued
@@ -115,13 +116,24 @@ def _u32_opt(sock: socket.socket, opt: int) -> int:
     return struct.unpack("I", sock.getsockopt(socket.IPPROTO_TCP, opt, 4))[0]
 
 
+# Leaving repair mode sets the socket's sk_reuse to SK_NO_REUSE: the proxy's
+# SO_REUSEADDR (which lets it bind its port again past a TIME_WAIT) would be
+# lost. Kept here between enter and leave, and put back.
+_reuse: weakref.WeakKeyDictionary[socket.socket, int] = weakref.WeakKeyDictionary()
+
+
 def enter_repair(sock: socket.socket) -> None:
+    _reuse[sock] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
 
 
 def leave_repair(sock: socket.socket) -> None:
-    """Back to normal operation, without the window probe a plain exit sends."""
+    """Back to normal operation, without the window probe a plain exit sends,
+    and with SO_REUSEADDR as it was."""
     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+    reuse = _reuse.pop(sock, 0)
+    if reuse:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
 
 
 def probe_repair() -> str | None:
