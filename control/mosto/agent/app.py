@@ -132,6 +132,7 @@ def run(cfg: AgentConfig) -> int:
         raise ConfigError(missing)
     try:
         sockdir.prepare(cfg.socket)  # before anything is attached
+        sockdir.lock(cfg.socket)  # kept until the agent exits
         target, port_map = open_target(cfg)
         holds = Holds() if cfg.hold else None
     except (TargetError, HoldError, sockdir.UnsafeDirectory) as exc:

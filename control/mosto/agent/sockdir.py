@@ -3,6 +3,7 @@ must be the agent's alone, and so must every parent (unless sticky, like /tmp)."
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from pathlib import Path
@@ -42,3 +43,17 @@ def prepare(path: str) -> Path:
         directory.mkdir(mode=0o755, parents=True)
     check(directory)
     return directory
+
+
+def lock(path: str) -> int:
+    """One agent per socket: an exclusive lock on SOCKET.lock, held (by the open
+    descriptor returned) for the agent's life and dropped by the kernel when it
+    dies. Taken before anything is attached, rebuilt or cleared, so a second
+    agent started by mistake leaves the live one's programs and holds alone."""
+    fd = os.open(os.path.abspath(path) + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UnsafeDirectory(f"another agent serves on {path}") from None
+    return fd

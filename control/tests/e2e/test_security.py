@@ -404,7 +404,7 @@ def test_list_and_stats_of_100_real_splices_come_in_pages(stack):
         )
     assert len(mine) == 100
     assert len(json.dumps(mine)) > 64 * 1024, "small enough for one datagram: no paging tested"
-    assert len([s for s in stats if s["client"]["dport"] == 8800]) == 100
+    assert len([s for s in stats["splices"] if s["client"]["dport"] == 8800]) == 100
 
 
 # -- 8: the socket's directory ------------------------------------------------------
@@ -428,14 +428,38 @@ def test_the_agent_refuses_a_socket_directory_others_can_write(stack, unsafe):
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
+def _attached_progs(stack) -> str:
+    """The XDP and tc programs on the proxy's interfaces, with their ids."""
+    return stack.topo.proxy.sh("bpftool", "net", "show").stdout
+
+
 def test_a_second_agent_does_not_take_over_a_live_socket(stack):
-    pins = f"/sys/fs/bpf/msec-{uuid.uuid4().hex[:6]}"
-    out = stack.topo.proxy.sh(
-        *mosto_cmd("agent", "--socket", stack.topo.agent_socket, "--pin-dir", pins, "--no-hold"),
-        check=False,
-    )
-    assert out.returncode != 0 and "another agent serves" in out.stderr, out
-    subprocess.run(["rm", "-rf", pins], check=False)
+    """Not the socket, and not what the live agent runs either: started the
+    same way by mistake, a second agent leaves the programs, pins and holds
+    alone before it gives up."""
+    p, got = spawn_attack(stack, "hold", "--server", SERVER, uid=VICTIM)
+    try:
+        assert got["hold"] == "ok" and held_elements(stack) == 2
+        progs = _attached_progs(stack)
+        out = stack.topo.proxy.sh(
+            *mosto_cmd(
+                "agent",
+                "pc",
+                "ps",
+                "--socket",
+                stack.topo.agent_socket,
+                "--pin-dir",
+                stack.topo.pin_dir,
+            ),  # fmt: skip
+            check=False,
+        )
+        assert out.returncode != 0 and "another agent serves" in out.stderr, out
+        assert "rebuilt" not in out.stderr and "attached" not in out.stderr, out.stderr
+        assert held_elements(stack) == 2, "the second agent lifted the live one's hold"
+        assert _attached_progs(stack) == progs and " id " in progs
+    finally:
+        p.kill()
+        p.wait()
     assert listed(stack) is not None
 
 
