@@ -256,8 +256,13 @@ class Agent:
         return state
 
     def _states(self, a: socket.socket, b: socket.socket) -> tuple[TcpState, TcpState]:
+        """Every request with sockets: a flow past ESTABLISHED (a FIN came) is
+        ending, and nothing is to be learned, held or spliced of it."""
         states = self._tcp_state(a, "client"), self._tcp_state(b, "server")
         trust.check_distinct(a, b)
+        for name, st in zip(("client", "server"), states, strict=True):
+            if st.info.state != TCP_ESTABLISHED:
+                raise refusal.NotEstablished(f"{name} connection is in TCP state {st.info.state}")
         return states
 
     @staticmethod
@@ -295,11 +300,13 @@ class Agent:
         return sum(1 for item in pool[what].values() if item.owner == caller.uid)
 
     def _check_quota(self, caller: Caller, what: str, adding: int) -> None:
+        """adding: entries (one per direction); held flows have two each."""
         if caller.root:
             return
         limit = getattr(self.quotas, what)
-        if self._count(caller, what) + adding > limit:
-            raise refusal.LimitReached(f"uid {caller.uid} has its {limit} {what} entries already")
+        per, unit = {"held": (2, "held flows")}.get(what, (1, f"{what} entries"))
+        if self._count(caller, what) + adding > limit * per:
+            raise refusal.LimitReached(f"uid {caller.uid} has its {limit} {unit} already")
 
     def register(
         self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED

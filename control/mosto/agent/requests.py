@@ -33,6 +33,15 @@ def _request_id(value: Any) -> int | str | None:
     return value
 
 
+def echoed_id(value: Any) -> int | str | None:
+    """The id an answer carries: the request's if it is a valid one, else none
+    (the bad_request says what is wrong with it)."""
+    try:
+        return _request_id(value)
+    except refusal.BadRequest:
+        return None
+
+
 def parse(doc: dict[str, Any], nfds: int) -> Request:
     op = doc.get("op")
     if not isinstance(op, str) or op not in OPS:
@@ -48,10 +57,8 @@ def parse(doc: dict[str, Any], nfds: int) -> Request:
     splice = None
     if op == "release":
         splice = doc.get("splice")
-        if (
-            isinstance(splice, bool)
-            or not isinstance(splice, int)
-            or not 0 <= splice < MAX_SPLICE_ID
-        ):
+        if isinstance(splice, bool) or not isinstance(splice, int):
             raise refusal.BadRequest("release needs an integer 'splice'")
+        if not 0 <= splice < MAX_SPLICE_ID:
+            raise refusal.BadRequest("'splice' out of range: no splice has that id")
     return Request(op, splice, _request_id(doc.get("id")))

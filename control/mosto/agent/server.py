@@ -375,7 +375,7 @@ class AgentServer:
         """One request, answered in one page or more; the descriptors are closed
         here (ours are copies), exactly once."""
         socks: list[socket.socket] = []
-        rid = doc.get("id") if isinstance(doc.get("id"), int | str) else None
+        rid = requests.echoed_id(doc.get("id"))
         try:
             req = requests.parse(doc, len(fds))
             rid = req.id

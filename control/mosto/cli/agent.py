@@ -75,9 +75,10 @@ def _flow(doc: dict) -> str:
 
 def _ctl_list(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        splices = c.stats()["splices"] if args.stats else c.list()
-    if args.json:
-        print(json.dumps(splices, indent=2))
+        answer = c.stats() if args.stats else {"splices": c.list()}
+    splices = answer["splices"]
+    if args.json:  # stats: the whole answer (learning, handovers, counters); list: the splices
+        print(json.dumps(answer if args.stats else splices, indent=2))
         return 0
     for s in splices:
         line = f"#{s['id']:<5} {_flow(s['client'])}  ==  {_flow(s['server'])}  {s['state']}"

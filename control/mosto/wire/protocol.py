@@ -79,6 +79,16 @@ def _number(text: str) -> int | float:
     return float(text) if any(c in text for c in ".eE") else int(text)
 
 
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key given twice is ambiguous (json.loads would keep the last): refused."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        keys = [k for k, _ in pairs]
+        dup = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise ProtocolError(f"key {dup[:32]!r} given twice")
+    return doc
+
+
 def _no_constant(name: str) -> Any:
     raise ProtocolError(f"{name} is not JSON")
 
@@ -87,7 +97,13 @@ def decode(data: bytes) -> dict[str, Any]:
     if _depth(data) > MAX_DEPTH:
         raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH}")
     try:
-        doc = json.loads(data, parse_int=_number, parse_float=_number, parse_constant=_no_constant)
+        doc = json.loads(
+            data,
+            parse_int=_number,
+            parse_float=_number,
+            parse_constant=_no_constant,
+            object_pairs_hook=_no_repeats,
+        )
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):

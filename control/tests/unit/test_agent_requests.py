@@ -43,8 +43,19 @@ def _no_more_fds_than(baseline: set[str]) -> None:
         b'"list"',
         b"\xff\xfe",
         b"{",
+        b'{"op":"list","op":"stats"}',
     ],
-    ids=["deep", "nested", "huge-int", "nan", "array", "string", "not-utf8", "truncated"],
+    ids=[
+        "deep",
+        "nested",
+        "huge-int",
+        "nan",
+        "array",
+        "string",
+        "not-utf8",
+        "truncated",
+        "repeated-key",
+    ],
 )
 def test_malformed_messages_are_protocol_errors(data):
     with pytest.raises(protocol.ProtocolError):
