@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import glob
-import os
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -18,81 +15,71 @@ IP_PIN_DIR = "/sys/fs/bpf/xdp/globals"
 TC_PIN_DIR = "/sys/fs/bpf/tc/globals"
 BPFTOOL_PIN_DIR = "/sys/fs/bpf"
 
+# Each loader runs in a mount namespace of its own with a fresh bpffs on
+# /sys/fs/bpf: what it pins there by name cannot meet maps another program
+# (or another checkout's build, with other sizes) pinned on this host, and it
+# goes with the namespace. The attachment stays: it belongs to the interface.
+PRIVATE_BPFFS = 'mount -t bpf bpf /sys/fs/bpf && "$@" && echo "pinned: $(ls {pins} | tr "\\n" " ")"'
 
-def _remove_pins(directory: str) -> None:
-    for name in MAPS:
-        path = os.path.join(directory, name)
-        if os.path.exists(path):
-            os.unlink(path)
+
+def _in_private_bpffs(pins: str, *cmd: str) -> subprocess.CompletedProcess:
+    script = PRIVATE_BPFFS.format(pins=pins)
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", *cmd],
+        capture_output=True,
+        text=True,
+    )
 
 
-# iproute2 makes these under bpffs the first time it loads an object (its map
-# pinning folders: tc/globals, with ip and xdp linked to tc).
-IPROUTE2_PIN_DIRS = ("ip", "tc", "xdp")
+def _pinned(r: subprocess.CompletedProcess) -> list[str]:
+    line = next(x for x in r.stdout.splitlines() if x.startswith("pinned:"))
+    return sorted(n for n in line.split()[1:] if n.startswith("mosto_"))
 
 
 @pytest.fixture
 def veth():
-    made = [d for d in IPROUTE2_PIN_DIRS if not os.path.lexists(f"/sys/fs/bpf/{d}")]
     name = f"mld{uuid.uuid4().hex[:5]}"
     subprocess.run(
         ["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], check=True
     )
     yield name
     subprocess.run(["ip", "link", "del", name], check=False)
-    for d in made:  # what iproute2 made here goes again (a host that had them keeps them)
-        subprocess.run(["rm", "-rf", f"/sys/fs/bpf/{d}"], check=False)
 
 
 def test_iproute2_attaches_the_object(veth):
     obj = str(find_object())
     try:
-        r = subprocess.run(
-            ["ip", "link", "set", "dev", veth, "xdp", "obj", obj, "sec", "xdp"],
-            capture_output=True,
-            text=True,
-        )
+        r = _in_private_bpffs(IP_PIN_DIR, "ip", "link", "set", "dev", veth, "xdp", "obj", obj,
+                              "sec", "xdp")  # fmt: skip
         assert r.returncode == 0, r.stderr
+        assert _pinned(r) == sorted(MAPS)
         shown = subprocess.run(
             ["ip", "-d", "link", "show", veth], capture_output=True, text=True
         ).stdout
         assert "mosto_splice_pr" in shown
     finally:
         subprocess.run(["ip", "link", "set", "dev", veth, "xdp", "off"], check=False)
-        _remove_pins(IP_PIN_DIR)
 
 
 def test_tc_attaches_the_tc_object(veth):
     obj = str(find_object(SPLICE_TC_OBJECT))
     try:
         subprocess.run(["tc", "qdisc", "add", "dev", veth, "clsact"], check=True)
-        r = subprocess.run(
-            ["tc", "filter", "add", "dev", veth, "ingress", "bpf", "da", "obj", obj, "sec", "tc"],
-            capture_output=True,
-            text=True,
-        )
+        r = _in_private_bpffs(TC_PIN_DIR, "tc", "filter", "add", "dev", veth, "ingress", "bpf",
+                              "da", "obj", obj, "sec", "tc")  # fmt: skip
         assert r.returncode == 0, r.stderr
+        assert _pinned(r) == sorted(MAPS)
         shown = subprocess.run(
             ["tc", "filter", "show", "dev", veth, "ingress"], capture_output=True, text=True
         ).stdout
         assert "mosto_splice_pr" in shown and "direct-action" in shown
     finally:
         subprocess.run(["tc", "qdisc", "del", "dev", veth, "clsact"], check=False)
-        _remove_pins(TC_PIN_DIR)
 
 
 def test_bpftool_loads_the_object():
-    pin = f"/sys/fs/bpf/mosto-bpftool-{uuid.uuid4().hex[:6]}"
-    try:
-        r = subprocess.run(
-            ["bpftool", "prog", "load", str(find_object()), pin], capture_output=True, text=True
-        )
-        assert r.returncode == 0, r.stderr
-        assert Path(pin).exists()
-        assert sorted(
-            os.path.basename(p) for p in glob.glob(f"{BPFTOOL_PIN_DIR}/mosto_*")
-        ) == sorted(MAPS)
-    finally:
-        if os.path.exists(pin):
-            os.unlink(pin)
-        _remove_pins(BPFTOOL_PIN_DIR)
+    pin = f"{BPFTOOL_PIN_DIR}/mosto-bpftool"
+    r = _in_private_bpffs(BPFTOOL_PIN_DIR, "bpftool", "prog", "load", str(find_object()), pin)
+    assert r.returncode == 0, r.stderr
+    assert _pinned(r) == sorted(MAPS)
+    assert "mosto-bpftool" in r.stdout
