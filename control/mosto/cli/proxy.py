@@ -54,10 +54,78 @@ def _policy(args: argparse.Namespace):
         raise CliError(str(exc)) from None
 
 
+def _peer(text: str) -> tuple[str, str]:
+    name, sep, where = text.partition("=")
+    if not sep or not name or not where:
+        raise argparse.ArgumentTypeError(f"expected NAME=HOST:PORT, got {text!r}")
+    return name, where
+
+
+def _site(text: str) -> tuple[str, str]:
+    net, sep, name = text.partition("=")
+    if not sep or not net or not name:
+        raise argparse.ArgumentTypeError(f"expected NETWORK=NAME, got {text!r}")
+    return net, name
+
+
+def _network(text: str):
+    import ipaddress
+
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise CliError(f"{text!r}: {exc}") from None
+
+
+def _routes(args: argparse.Namespace):
+    """The ingress proxy's chain lookup the options describe, or None."""
+    from mosto.chains.table import ChainTable, TableError
+    from mosto.proxy.ppv2 import Hop
+    from mosto.proxy.route import ChainRoutes
+
+    chain_opts = (args.location, args.peer, args.site, args.expect_bytes)
+    if args.chain_table is None:
+        if any(chain_opts):
+            raise CliError("--location, --peer, --site and --expect-bytes go with --chain-table")
+        return None
+    if args.chained:
+        raise CliError("--chain-table is for the ingress proxy, not a --chained one")
+    if not args.location:
+        raise CliError("--chain-table needs --location (this proxy's node in the table)")
+    try:
+        table = ChainTable.load(args.chain_table)
+    except TableError as exc:
+        raise CliError(str(exc)) from None
+    peers: dict[str, list] = {}
+    for name, where in args.peer or []:
+        try:
+            peers.setdefault(name, []).append(Hop.parse(where))
+        except ValueError as exc:
+            raise CliError(f"--peer {name}={where}: {exc}") from None
+    sites = [(_network(net), name) for net, name in args.site or []]
+    try:
+        return ChainRoutes(table, args.location, peers, sites, args.expect_bytes or 1 << 20)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _chained(args: argparse.Namespace):
+    from mosto.proxy.relay import Chained
+
+    if not args.chained:
+        if args.chain_from:
+            raise CliError("--chain-from goes with --chained")
+        return None
+    if not args.chain_from:
+        raise CliError("--chained needs --chain-from NETWORK (who may send chain headers)")
+    return Chained(tuple(_network(n) for n in args.chain_from))
+
+
 def _proxy(args: argparse.Namespace) -> int:
     from mosto.proxy.relay import Proxy
 
     policy = _policy(args)
+    routes, chained = _routes(args), _chained(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         failpoints.check()
@@ -74,6 +142,8 @@ def _proxy(args: argparse.Namespace) -> int:
             args.attempts,
             drain=not args.no_drain,
             cc=args.cc,
+            routes=routes,
+            chained=chained,
         )
     except OSError as exc:
         where = f"{args.listen[0]}:{args.listen[1]}"
@@ -92,7 +162,11 @@ def _proxy(args: argparse.Namespace) -> int:
     logging.info(
         "proxying %s:%d -> %s",
         *args.listen,
-        "{}:{}".format(*args.upstream) if args.upstream else "(transparent)",
+        "{}:{}".format(*args.upstream)
+        if args.upstream
+        else "(where the chain header says)"
+        if args.chained
+        else "(transparent)",
     )
     proxy.serve_forever()
     return 0
@@ -108,6 +182,49 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="TPROXY: connect to where the client connected, as the client "
         "(needs CAP_NET_ADMIN and a tproxy rule)",
+    )
+    up.add_argument(
+        "--chained",
+        action="store_true",
+        help="a proxy inside a chain: every connection starts with a chain header "
+        "(PROXY protocol v2, mosto/proxy/PPV2.md) naming the destination and the "
+        "proxies still to pass",
+    )
+    c = p.add_argument_group("chains of proxies (paper III-B; docs/chains.md)")
+    c.add_argument(
+        "--chain-table",
+        metavar="FILE",
+        help="the ingress proxy: look up each flow's chain toward its destination "
+        "in this table (mosto chains precompute) and connect to the first proxy on it",
+    )
+    c.add_argument("--location", metavar="NAME", help="this proxy's node in the table")
+    c.add_argument(
+        "--peer",
+        type=_peer,
+        action="append",
+        metavar="NAME=HOST:PORT",
+        help="where the proxy of table node NAME listens (repeat; one per address family)",
+    )
+    c.add_argument(
+        "--site",
+        type=_site,
+        action="append",
+        metavar="NETWORK=NAME",
+        help="destinations in NETWORK are at table node NAME (repeat); a flow to no "
+        "site goes straight to its destination",
+    )
+    c.add_argument(
+        "--expect-bytes",
+        type=_size,
+        metavar="BYTES",
+        help="the transfer size the lookup assumes, which sets its slow-start rounds (1M)",
+    )
+    c.add_argument(
+        "--chain-from",
+        action="append",
+        metavar="NETWORK",
+        help="with --chained: the previous proxies' networks; a connection from "
+        "elsewhere is closed (a header names any destination)",
     )
     p.add_argument(
         "--agent",

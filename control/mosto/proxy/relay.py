@@ -1,7 +1,11 @@
 """A small reference proxy that hands its flows over to the agent.
 
 It connects each client to a fixed upstream, or, transparent (TPROXY), to the
-address the client asked for, from the client's own address and port.
+address the client asked for, from the client's own address and port. In a
+chain (route.py, ppv2.py) the ingress proxy looks up the proxies toward that
+destination and connects to the first with a header naming the rest; a
+chained proxy reads that header from its client side and does the same with
+what is left, the last one connecting to the destination.
 
 Each accepted connection gets a thread: connect upstream, register the pair
 with the agent, relay; once the policy says so (bytes relayed, the end of
@@ -20,13 +24,18 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mosto import failpoints
-from mosto.proxy import tcpinfo
+from mosto.proxy import ppv2, tcpinfo
 from mosto.proxy.gradual import DelayQueue, GradualDelay, Ramp
+from mosto.proxy.ppv2 import ChainHeader, HeaderError, Hop
 from mosto.wire.client import AgentClient
 from mosto.wire.queues import queued
 from mosto.wire.refusal import Refused
+
+if TYPE_CHECKING:  # the chain table needs numpy: only a proxy that looks chains up loads it
+    from mosto.proxy.route import ChainRoutes, Network
 
 log = logging.getLogger("mosto.proxy")
 
@@ -51,6 +60,7 @@ QUEUE_MAX = 64 << 20
 SLOWSTART_POLL_S = 0.005  # slow start doubles per RTT: a small fraction of one
 PUMP_S = 0.005  # loop wake-up while a ramp or a hand-over is under way
 IDLE_PUMP_S = 0.1  # otherwise (a time trigger is at most this late on a quiet flow)
+HEADER_TIMEOUT_S = 5.0  # a previous proxy sends its chain header at once
 
 
 @dataclass
@@ -410,7 +420,23 @@ def _disconnected(s: socket.socket) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Chained:
+    """A proxy inside a chain: its client side is the previous proxy, which
+    starts with a chain header; only these networks may send one (a header
+    names any destination: from anyone else it would make an open relay)."""
+
+    trusted: tuple[Network, ...]
+
+    def allows(self, peer: Hop) -> bool:
+        return any(peer.addr.version == n.version and peer.addr in n for n in self.trusted)
+
+
 class Proxy:
+    """upstream: where every flow goes (None: transparent, where the client
+    asked, or with chained: where its header says). routes: look up the
+    proxies toward that destination (the ingress proxy)."""
+
     def __init__(
         self,
         listen: tuple[str, int],
@@ -420,8 +446,14 @@ class Proxy:
         attempts: int = 5,
         drain: bool = True,
         cc: str | None = None,
+        routes: ChainRoutes | None = None,
+        chained: Chained | None = None,
     ):
+        if chained is not None and (upstream is not None or routes is not None):
+            raise ValueError("a chained proxy takes its next hop from the header")
         self.upstream = upstream
+        self.routes = routes
+        self.chained = chained
         self.cc = cc
         self.drain = drain
         self.agent_path = agent_path
@@ -431,7 +463,7 @@ class Proxy:
         family = socket.AF_INET6 if ":" in listen[0] else socket.AF_INET
         self.listener = socket.socket(family, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if upstream is None:  # transparent: TPROXY delivers connections to any address
+        if upstream is None and chained is None:  # transparent: TPROXY gives us any address
             self.listener.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
         self.listener.bind(listen)
         self.listener.listen(1024)
@@ -441,10 +473,8 @@ class Proxy:
             a, _ = self.listener.accept()
             threading.Thread(target=self._flow, args=(a,), daemon=True).start()
 
-    def _connect_upstream(self, a: socket.socket) -> socket.socket:
-        if self.upstream is not None:
-            return socket.create_connection(self.upstream)
-        # Transparent: the same four-tuple on both sides, as if there were no proxy.
+    def _transparent_connect(self, a: socket.socket) -> socket.socket:
+        # The same four-tuple on both sides, as if there were no proxy.
         b = socket.socket(a.family, socket.SOCK_STREAM)
         try:
             b.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
@@ -455,13 +485,50 @@ class Proxy:
             raise
         return b
 
+    def _connect_upstream(self, a: socket.socket) -> tuple[socket.socket, bytes]:
+        """The connection onward and the header to start it with (b"" for none)."""
+        client = Hop.of(*a.getpeername()[:2])
+        if self.chained is not None:
+            if not self.chained.allows(client):
+                raise HeaderError(f"chain header from {client}, not a trusted proxy")
+            header = ppv2.read(a, HEADER_TIMEOUT_S)
+            source, destination, hops = header.source, header.destination, header.rest
+        else:
+            source = client
+            if self.upstream is not None:
+                destination = Hop.of(*self.upstream)
+            else:
+                destination = Hop.of(*a.getsockname()[:2])
+            route = self.routes.route(destination) if self.routes else None
+            hops = route.hops if route else ()
+            if route is not None:
+                self.stats.event("chain", path=list(route.path), rounds=route.rounds)
+        if not hops:
+            if self.upstream is None and self.chained is None:
+                return self._transparent_connect(a), b""
+            return socket.create_connection(destination.sockaddr), b""
+        if source.family != destination.family:  # a v4 client of a v6 server, say
+            source = Hop.of("::" if destination.addr.version == 6 else "0.0.0.0", 0)
+        onward = ChainHeader(source, destination, hops[1:]).encode()
+        return socket.create_connection(hops[0].sockaddr), onward
+
     def _flow(self, a: socket.socket) -> None:
         self.stats.add(flows=1)
         try:
-            b = self._connect_upstream(a)
-        except OSError as exc:
-            log.warning("upstream %s: %s", self.upstream or a.getsockname(), exc)
+            b, header = self._connect_upstream(a)
+        except (OSError, ValueError) as exc:  # HeaderError is a ValueError
+            log.warning("no connection onward: %s", exc)
+            self.stats.refusal("no_upstream")
             a.close()
+            return
+        try:
+            # Part of B's byte stream before the client's first byte: the
+            # offload's sequence deltas, taken from the sockets, include it.
+            b.sendall(header)
+        except OSError as exc:
+            log.warning("chain header not sent: %s", exc)
+            a.close()
+            b.close()
             return
         for s in (a, b):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
