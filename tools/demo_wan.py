@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """`make demo-wan`: a 100 ms path cut by three proxies (the paper's chain:
 InP, TrP, EgP; four links of 25 ms RTT, delay lines rate-limited to
-200 Mbit/s toward the client). Each proxy runs an agent and `mosto proxy
---handover-on slowstart --gradual`. A bulk download shows, as they happen,
+200 Mbit/s toward the client). The RTTs between the proxies and to the
+server are measured on the links and made into a chain table (`mosto chains
+precompute`); the ingress proxy looks the chain up for each flow and the
+others follow its header (tools/wan.py). Each proxy runs an agent and
+`--handover-on slowstart --gradual`. A bulk download shows, as they happen,
 each proxy seeing its sending socket leave slow start, raising its delay in
 steps and handing over to XDP; then 1 MB transfers, straight to the server
 and through the proxies, are timed. Removes everything it made."""
@@ -19,7 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from processes import Processes, mosto, traffic, wait_for  # noqa: E402
+import wan  # noqa: E402
+from processes import Processes, traffic  # noqa: E402
 from repro_fig4 import start_agent_on  # noqa: E402
 from topology import LinkSpec, chain  # noqa: E402
 
@@ -30,6 +34,10 @@ SERVER_PORT, PROXY_PORT = 9000, 8000
 BULK = "256M"
 SMALL = "1M"
 SMALL_RUNS = 5
+
+
+def wan_size(text: str) -> int:
+    return int(text[:-1]) << {"K": 10, "M": 20, "G": 30}[text[-1]]
 
 
 def specs() -> list[LinkSpec]:
@@ -46,6 +54,8 @@ def describe(role: str, ev: dict, t0: float) -> str:
             f"{t} left slow start after {ev['bytes'] / 1e6:.1f} MB (cwnd {ev['cwnd']}, "
             f"ssthresh {ev['ssthresh']}, srtt {ev['rtt_ms']:.1f} ms)"
         )
+    if kind == "chain":
+        return f"{t} looked the chain up: {' -> '.join(ev['path'])} ({ev['rounds']} rounds)"
     if kind == "ramp_start":
         return f"{t} gradual delay toward {ev['target_ms']:.1f} ms"
     if kind == "delay":
@@ -83,23 +93,25 @@ def fetch_s(ns, addr: str, size: str) -> float:
 
 
 def run(ch, procs: Processes) -> bool:
-    roles = [n.name.rsplit("-", 1)[1] for n in ch.proxies]
     print(f"      {' - '.join(n.name for n in ch.nodes)}; round trip {ch.rtt_ms:g} ms")
+    matrix = wan.rtt_matrix(ch)
+    print("      RTTs measured between the proxies and to the server (ms, ICMP echoes):")
+    print("      " + " ".join(f"{name:>7}" for name in ["", *matrix["nodes"]]))
+    for name, row in zip(matrix["nodes"], matrix["rtt"], strict=True):
+        print("      " + " ".join(f"{x:>7}" for x in [name, *(f"{v:.1f}" for v in row)]))
+    table = wan.precompute(matrix, procs.logdir / "chains.npz")
+    path = wan.lookup(table, "inp", wan_size(BULK))
+    print(f"      mosto chains precompute; lookup for {BULK}: {' -> '.join(path)}")
     procs.spawn(
         ch.server, traffic("serve", "--listen", f"0.0.0.0:{SERVER_PORT}"), "server.log", ready=True
     )
-    stats = {}
-    for i, (node, role) in enumerate(zip(ch.proxies, roles, strict=True)):
-        sock = start_agent_on(ch, procs, node, role, "native")
-        last = i == len(ch.proxies) - 1
-        upstream = f"{ch.server4}:{SERVER_PORT}" if last else f"{ch.addr4(i + 1, 'b')}:{PROXY_PORT}"
-        stats[role] = procs.logdir / f"{role}.json"
-        cmd = ["proxy", "--listen", f"0.0.0.0:{PROXY_PORT}", "--upstream", upstream]
-        cmd += ["--agent", str(sock), "--handover-on", "slowstart", "--gradual"]
-        procs.spawn(node, mosto(*cmd, "--stats-file", str(stats[role])), f"{role}.log")
-    for path in stats.values():
-        wait_for(path.exists, 10, "the proxies")
-    inp = f"{ch.addr4(0, 'b')}:{PROXY_PORT}"
+    extra = {}
+    for k, node in enumerate(ch.proxies):
+        sock = start_agent_on(ch, procs, node, wan.role(ch, k), "native")
+        extra[k] = ["--agent", str(sock), "--handover-on", "slowstart", "--gradual"]
+    ks = list(range(len(ch.proxies)))
+    stats = wan.start_proxies(ch, procs, table, ks, SERVER_PORT, wan_size(BULK), extra)
+    inp = f"{wan.listen_addr(ch, 0)}:{PROXY_PORT}"
 
     print(f"\n[2/4] a {BULK} download through the three proxies; what each one does:")
     stop = threading.Event()
