@@ -14,7 +14,7 @@ BPF_DEFINES ?=
 BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o build/splice_tc.bpf.o build/parse_only_tc.bpf.o
 BPF_HDRS := $(wildcard ebpf/*.h ebpf/ctx/*.h) shared/contract.h
 
-.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo demo-wan xdp-test tc-test bmv2-test install-objects clean
+.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo demo-wan repro xdp-test tc-test bmv2-test install-objects clean
 
 all: build
 
@@ -95,6 +95,11 @@ install-objects: build
 # as they happen, then 1 MB direct against through the chain.
 demo-wan: build
 	$(PY) tools/demo_wan.py
+
+# The paper's Figs. 4 and 5 in full (minutes; their --quick runs are in make test).
+repro: build
+	.venv/bin/mosto repro fig4 --out build/repro
+	.venv/bin/mosto repro fig5 --out build/repro
 
 clean:
 	rm -rf build

@@ -114,11 +114,12 @@ def proxy_args(
     ingress: bool,
     port: int = PROXY_PORT,
     v6: bool = False,
+    peer_port: int | None = None,
 ) -> list[str]:
     """`mosto proxy` options for proxy k: the ingress one looks chains up in
     table (its locations: names) for flows to the server (on IPv6 if v6), a
     chained one takes headers from any link of the chain. Listens on both
-    families."""
+    families; the other proxies listen on peer_port (port if None)."""
     args = ["proxy", "--listen", f"[::]:{port}"]
     if not ingress:
         return [*args, "--chained", "--chain-from", "10.0.0.0/8", "--chain-from", "fd00::/8"]
@@ -128,7 +129,8 @@ def proxy_args(
     for j in range(len(ch.proxies)):
         if role(ch, j) in names and j != k:
             for v6 in (False, True):
-                args += ["--peer", f"{role(ch, j)}={hostport(listen_addr(ch, j, v6), port)}"]
+                where = hostport(listen_addr(ch, j, v6), peer_port or port)
+                args += ["--peer", f"{role(ch, j)}={where}"]
     last = len(ch.links) - 1
     args += [
         "--site",

@@ -1,4 +1,4 @@
-"""`mosto repro fig4`: the paper's figures, measured here (root; the runs are
+"""`mosto repro fig4` and `fig5`: the paper's figures, measured here (root; the runs are
 in the repository's tools/, next to the topology they build)."""
 
 from __future__ import annotations
@@ -117,6 +117,40 @@ def _fig4(args: argparse.Namespace) -> int:
     return 0 if all(r["handed_over"] for r in runs if r["handover"]) else 1
 
 
+def _fig5(args: argparse.Namespace) -> int:
+    import json
+
+    from mosto.repro.fig5 import SIZES_KB
+
+    if os.geteuid() != 0:
+        raise CliError("repro fig5 needs root (network namespaces)")
+    quick = args.quick
+    rtt = args.rtt or (QUICK5_RTT_MS if quick else FULL5_RTT_MS)
+    runs = args.runs or (QUICK5_RUNS if quick else FULL5_RUNS)
+    sizes = list(QUICK5_SIZES_KB if quick else SIZES_KB)
+    if runs < 1:
+        raise CliError(f"--runs must be >= 1, got {runs}")
+    tool = _tool("repro_fig5")
+    out = Path(args.out)
+    print(f"fig5: RTT {rtt:g} ms, sizes {sizes} KB, {runs} runs each", flush=True)
+    try:
+        doc, detail = tool.run(rtt, sizes, runs, out)
+    except (RuntimeError, AssertionError, FileNotFoundError) as exc:
+        raise CliError(f"fig5: {str(exc).splitlines()[0]}") from None
+    (out / "fig5.json").write_text(json.dumps(doc, indent=1))
+    (out / "fig5-runs.json").write_text(json.dumps(detail, indent=1))
+    tool.plot(doc, out / "fig5.png")
+    print(tool.table(doc))
+    print(f"fig5: {out / 'fig5.json'}, {out / 'fig5.png'} (every transfer: fig5-runs.json)")
+    return 0
+
+
+# fig5: the paper's path (Ireland to California, about 180 ms), 20 runs;
+# --quick: a shorter path, two sizes, two runs (about 15 s with the set-up).
+FULL5_RTT_MS, FULL5_RUNS = 180.0, 20
+QUICK5_RTT_MS, QUICK5_RUNS, QUICK5_SIZES_KB = 60.0, 2, (10, 100)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("repro", help="reproduce the paper's figures here (root)")
     figs = p.add_subparsers(dest="figure", required=True, metavar="FIGURE")
@@ -174,3 +208,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     f.add_argument("--cc", help="congestion control of the senders (default: the kernel's)")
     f.set_defaults(func=_fig4)
+    g = figs.add_parser(
+        "fig5",
+        help="transfer times of 10-500 KB: direct, MOSTO with 1 and 3 proxies, warm front-end",
+        description="Transfers of 10, 50, 100, 200 and 500 KB over a long emulated path "
+        "(five links, four proxy locations): direct, through one proxy in the middle, "
+        "through the three-proxy chain the ingress proxy looks up, and from a front-end "
+        "next to the client over a warm pre-established connection; writes "
+        "DIR/fig5.json (mean, p50, p95 per series and size), DIR/fig5.png and "
+        "DIR/fig5-runs.json (every transfer, the RTT matrix, the chains picked).",
+    )
+    g.add_argument(
+        "--rtt",
+        type=_positive,
+        metavar="MS",
+        help="end-to-end RTT (180: Ireland to California; quick 60)",
+    )
+    g.add_argument("--out", default="build/repro", metavar="DIR", help="(build/repro)")
+    g.add_argument(
+        "--quick", action="store_true", help="10 and 100 KB, 2 runs, 60 ms (a smoke test)"
+    )
+    g.add_argument("--runs", type=int, metavar="N", help="transfers per series and size (20)")
+    g.set_defaults(func=_fig5)
