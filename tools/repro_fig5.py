@@ -72,10 +72,16 @@ def _line(sock: socket.socket) -> bytes:
     return out
 
 
-def origin(listen: tuple[str, int]) -> None:
+def _set_cc(sock: socket.socket, cc: str | None) -> None:
+    if cc:  # per socket: a namespace allows only the host's list, root any
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+
+
+def origin(listen: tuple[str, int], cc: str | None) -> None:
     """Like traffic.py serve, but a connection carries one transfer per
     header line until the peer closes (a front-end's back-end connection)."""
     srv = socket.create_server(listen)
+    _set_cc(srv, cc)
     print("ready", flush=True)
 
     def one(conn: socket.socket) -> None:
@@ -91,7 +97,9 @@ def origin(listen: tuple[str, int]) -> None:
         threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
-def frontend(listen: tuple[str, int], origin_addr: tuple[str, int], warm: int) -> None:
+def frontend(
+    listen: tuple[str, int], origin_addr: tuple[str, int], warm: int, cc: str | None
+) -> None:
     """One back-end connection, warmed with `warm` bytes; each client's
     request goes over it in turn and its answer streams back as it comes."""
     back = socket.create_connection(origin_addr)
@@ -111,6 +119,7 @@ def frontend(listen: tuple[str, int], origin_addr: tuple[str, int], warm: int) -
 
     fetch_into(warm, -1, None)
     srv = socket.create_server(listen)
+    _set_cc(srv, cc)
     print("ready", flush=True)
 
     def one(conn: socket.socket) -> None:
@@ -156,15 +165,19 @@ def _me(*args: str) -> list[str]:
     return [str(BIN / "python"), str(Path(__file__).resolve()), *args]
 
 
-def _sysctls(ch) -> None:
+def _sysctls(ch, fastopen: bool) -> None:
     """Every transfer starts afresh: no metrics cached from the last one (an
     ssthresh learned from a loss would end the next slow start early). The
     server and the front-end keep a warm connection's window across idle
-    times (the best case of a pre-established connection)."""
+    times (the best case of a pre-established connection). With fastopen,
+    the proxies both send and take TCP Fast Open SYNs."""
     for node in ch.nodes:
         node.sh("sysctl", "-qw", "net.ipv4.tcp_no_metrics_save=1")
     for node in (ch.server, ch.proxies[INP]):
         node.sh("sysctl", "-qw", "net.ipv4.tcp_slow_start_after_idle=0")
+    if fastopen:
+        for node in ch.proxies:
+            node.sh("sysctl", "-qw", "net.ipv4.tcp_fastopen=3")
 
 
 def _sub(matrix: dict, names: list[str]) -> dict:
@@ -172,23 +185,30 @@ def _sub(matrix: dict, names: list[str]) -> dict:
     return {"nodes": names, "rtt": [[matrix["rtt"][i][j] for j in idx] for i in idx]}
 
 
-def _start(ch, procs, logdir: Path, sizes: list[int], matrix: dict) -> dict:
-    """Everything the series need, once: servers, proxies, the front-end.
-    The addresses the client connects to, per series and size."""
+def _start(
+    ch, procs, logdir: Path, sizes: list[int], matrix: dict, cc: str | None, fastopen: bool
+) -> dict:
+    """Everything the series need, once: servers, proxies, the front-end, all
+    sending with cc. The addresses the client connects to, per series and size."""
     import wan
     from processes import mosto, wait_for
     from processes import traffic as traffic_cmd
 
     server = ch.server4
+    ccopt = ["--cc", cc] if cc else []
     procs.spawn(
         ch.server,
-        traffic_cmd("serve", "--listen", f"0.0.0.0:{SERVER_PORT}"),
+        traffic_cmd("serve", "--listen", f"0.0.0.0:{SERVER_PORT}", *ccopt),
         "server.log",
         ready=True,
     )
     procs.spawn(
-        ch.server, _me("origin", "--listen", f"0.0.0.0:{ORIGIN_PORT}"), "origin.log", ready=True
+        ch.server,
+        _me("origin", "--listen", f"0.0.0.0:{ORIGIN_PORT}", *ccopt),
+        "origin.log",
+        ready=True,
     )
+    popt = ["--agent", "", *ccopt, *["--fastopen"] * fastopen]
     deployments = {"mosto_3": [INP, TRP1, EGP], "mosto_1": [TRP2]}
     tables = {}
     stats: dict[str, list[Path]] = {}
@@ -201,9 +221,7 @@ def _start(ch, procs, logdir: Path, sizes: list[int], matrix: dict) -> dict:
             cmd = wan.proxy_args(ch, k, tables[series], names, SERVER_PORT, 0, False, CHAINED_PORT)
             log = f"{series}-{wan.role(ch, k)}"
             path = logdir / f"{log}.json"
-            procs.spawn(
-                ch.proxies[k], mosto(*cmd, "--agent", "", "--stats-file", str(path)), f"{log}.log"
-            )
+            procs.spawn(ch.proxies[k], mosto(*cmd, *popt, "--stats-file", str(path)), f"{log}.log")
             stats.setdefault(series, []).append(path)
         for i, size in enumerate(sizes):
             port = INGRESS_PORT + i
@@ -222,14 +240,15 @@ def _start(ch, procs, logdir: Path, sizes: list[int], matrix: dict) -> dict:
             path = logdir / f"{log}.json"
             procs.spawn(
                 ch.proxies[ks[0]],
-                mosto(*cmd, "--agent", "", "--stats-file", str(path)),
+                mosto(*cmd, *popt, "--stats-file", str(path)),
                 f"{log}.log",
             )
             stats.setdefault(series, []).append(path)
     warm = _me(
         "frontend", "--listen", f"0.0.0.0:{FRONTEND_PORT}", "--origin", f"{server}:{ORIGIN_PORT}"
     )
-    procs.spawn(ch.proxies[INP], [*warm, "--warm", str(WARM_BYTES)], "frontend.log", ready=True)
+    warm += ["--warm", str(WARM_BYTES), *ccopt]
+    procs.spawn(ch.proxies[INP], warm, "frontend.log", ready=True)
     for paths in stats.values():
         for path in paths:
             wait_for(path.exists, 30, "the proxies")
@@ -242,9 +261,19 @@ def _start(ch, procs, logdir: Path, sizes: list[int], matrix: dict) -> dict:
     return {"where": where, "stats": stats, "tables": {k: str(v) for k, v in tables.items()}}
 
 
-def run(rtt_ms: float, sizes_kb: list[int], runs: int, out: Path) -> tuple[dict, dict]:
+def run(
+    rtt_ms: float,
+    sizes_kb: list[int],
+    runs: int,
+    out: Path,
+    cc: str | None = None,
+    fastopen: bool = False,
+) -> tuple[dict, dict]:
     """fig5.json's document and the details (every transfer, the matrix, the
-    chains the ingress proxies picked)."""
+    chains the ingress proxies picked). cc: the senders' congestion control
+    (None: the kernel's); fastopen: TCP Fast Open between the chain's proxies.
+    One pass of all transfers first, not counted: TCP Fast Open cookies
+    fetched, every process past its first connection."""
     import wan
     from processes import Processes
     from topology import chain
@@ -256,18 +285,19 @@ def run(rtt_ms: float, sizes_kb: list[int], runs: int, out: Path) -> tuple[dict,
     logdir.mkdir(exist_ok=True)
     sizes = [kb * KB for kb in sizes_kb]
     with chain(specs(rtt_ms), prefix="f5", xdp=False) as ch, Processes(logdir) as procs:
-        _sysctls(ch)
-        cc = ch.server.sh("sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout.strip()
+        _sysctls(ch, fastopen)
+        default_cc = ch.server.sh("sysctl", "-n", "net.ipv4.tcp_congestion_control").stdout
+        used_cc = cc or default_cc.strip()
         t0 = time.monotonic()
         matrix = wan.rtt_matrix(ch)
         print(
             f"fig5: RTT matrix measured ({time.monotonic() - t0:.1f} s): {json.dumps(matrix)}",
             flush=True,
         )
-        setup = _start(ch, procs, logdir, sizes, matrix)
+        setup = _start(ch, procs, logdir, sizes, matrix, cc, fastopen)
         plan = [
             [series, *setup["where"][(series, size)], size]
-            for _ in range(runs)
+            for _ in range(runs + 1)
             for size in sizes
             for series in SERIES
         ]
@@ -279,13 +309,13 @@ def run(rtt_ms: float, sizes_kb: list[int], runs: int, out: Path) -> tuple[dict,
             stdout=subprocess.PIPE,
         )
         results = []
+        per_run = len(SERIES) * len(sizes)
         for line in p.stdout:
             results.append(json.loads(line))
-            if len(results) % (len(SERIES) * len(sizes)) == 0:
-                print(
-                    f"fig5:   run {len(results) // (len(SERIES) * len(sizes))}/{runs} done",
-                    flush=True,
-                )
+            if len(results) % per_run == 0:
+                done = len(results) // per_run - 1
+                what = f"run {done}/{runs}" if done else "warm-up pass (not counted)"
+                print(f"fig5:   {what} done", flush=True)
         p.wait()
         time.sleep(0.3)  # the proxies' stats files are rewritten 5 times a second
         chains = {}
@@ -299,9 +329,10 @@ def run(rtt_ms: float, sizes_kb: list[int], runs: int, out: Path) -> tuple[dict,
     bad = [r for r in results if not r["ok"]]
     if bad:
         raise RuntimeError(f"{len(bad)} transfers failed, e.g. {bad[0]} (see {logdir})")
+    warmup, counted = results[:per_run], results[per_run:]
     times = {
         s: {
-            kb: [r["ms"] for r in results if r["series"] == s and r["size"] == kb * KB]
+            kb: [r["ms"] for r in counted if r["series"] == s and r["size"] == kb * KB]
             for kb in sizes_kb
         }
         for s in SERIES
@@ -313,8 +344,10 @@ def run(rtt_ms: float, sizes_kb: list[int], runs: int, out: Path) -> tuple[dict,
         "runs": runs,
         "matrix": matrix,
         "chains": chains,
-        "cc": cc,
-        "transfers": results,
+        "cc": used_cc,
+        "fastopen": fastopen,
+        "warmup": warmup,
+        "transfers": counted,
     }
     return doc, detail
 
@@ -386,17 +419,19 @@ def main() -> int:
     c.add_argument("--plan", required=True, help="JSON [[series, host, port, size], ...]")
     o = sub.add_parser("origin", help="a server of many transfers per connection")
     o.add_argument("--listen", type=traffic._hostport, required=True)
+    o.add_argument("--cc", help="congestion control of its connections")
     f = sub.add_parser("frontend", help="a front-end over one warm back-end connection")
     f.add_argument("--listen", type=traffic._hostport, required=True)
     f.add_argument("--origin", type=traffic._hostport, required=True)
     f.add_argument("--warm", type=int, default=WARM_BYTES, help="bytes fetched to warm it up")
+    f.add_argument("--cc", help="congestion control of its client connections")
     args = parser.parse_args()
     if args.cmd == "client":
         client(json.loads(args.plan))
     elif args.cmd == "origin":
-        origin(args.listen)
+        origin(args.listen, args.cc)
     else:
-        frontend(args.listen, args.origin, args.warm)
+        frontend(args.listen, args.origin, args.warm, args.cc)
     return 0
 
 

@@ -144,6 +144,7 @@ def _proxy(args: argparse.Namespace) -> int:
             cc=args.cc,
             routes=routes,
             chained=chained,
+            fastopen=args.fastopen,
         )
     except OSError as exc:
         where = f"{args.listen[0]}:{args.listen[1]}"
@@ -218,6 +219,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_size,
         metavar="BYTES",
         help="the transfer size the lookup assumes, which sets its slow-start rounds (1M)",
+    )
+    c.add_argument(
+        "--fastopen",
+        action="store_true",
+        help="TCP Fast Open between the chain's proxies: the header rides in the SYN "
+        "to the next proxy (once a cookie is cached), and this listener takes such "
+        "SYNs (needs net.ipv4.tcp_fastopen=3 in the namespace)",
     )
     c.add_argument(
         "--chain-from",

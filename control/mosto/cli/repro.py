@@ -130,11 +130,20 @@ def _fig5(args: argparse.Namespace) -> int:
     sizes = list(QUICK5_SIZES_KB if quick else SIZES_KB)
     if runs < 1:
         raise CliError(f"--runs must be >= 1, got {runs}")
+    if args.cc:
+        available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text()
+        if args.cc not in available.split():
+            raise CliError(f"--cc {args.cc}: not available here ({available.strip()})")
     tool = _tool("repro_fig5")
     out = Path(args.out)
-    print(f"fig5: RTT {rtt:g} ms, sizes {sizes} KB, {runs} runs each", flush=True)
+    print(
+        f"fig5: RTT {rtt:g} ms, sizes {sizes} KB, {runs} runs each, "
+        f"{args.cc or 'the kernel default congestion control'}"
+        f"{', TCP Fast Open between proxies' if args.fastopen else ''}",
+        flush=True,
+    )
     try:
-        doc, detail = tool.run(rtt, sizes, runs, out)
+        doc, detail = tool.run(rtt, sizes, runs, out, cc=args.cc or None, fastopen=args.fastopen)
     except (RuntimeError, AssertionError, FileNotFoundError) as exc:
         raise CliError(f"fig5: {str(exc).splitlines()[0]}") from None
     (out / "fig5.json").write_text(json.dumps(doc, indent=1))
@@ -229,4 +238,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--quick", action="store_true", help="10 and 100 KB, 2 runs, 60 ms (a smoke test)"
     )
     g.add_argument("--runs", type=int, metavar="N", help="transfers per series and size (20)")
+    g.add_argument(
+        "--cc",
+        default="cubic",
+        help="congestion control of every sender (cubic, the paper's Linux default; "
+        "'' for this kernel's)",
+    )
+    g.add_argument(
+        "--fastopen",
+        action="store_true",
+        help="TCP Fast Open between the chain's proxies (mosto proxy --fastopen)",
+    )
     g.set_defaults(func=_fig5)

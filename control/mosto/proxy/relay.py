@@ -61,6 +61,8 @@ SLOWSTART_POLL_S = 0.005  # slow start doubles per RTT: a small fraction of one
 PUMP_S = 0.005  # loop wake-up while a ramp or a hand-over is under way
 IDLE_PUMP_S = 0.1  # otherwise (a time trigger is at most this late on a quiet flow)
 HEADER_TIMEOUT_S = 5.0  # a previous proxy sends its chain header at once
+FASTOPEN_QUEUE = 256  # pending TCP Fast Open requests the listener takes
+TCP_FASTOPEN_CONNECT = 30  # <linux/tcp.h>, 4.11; Python has no name for it
 
 
 @dataclass
@@ -411,6 +413,21 @@ class Relay:
                 return False
 
 
+def _fastopen_connect(hop: Hop) -> socket.socket:
+    """A connection whose first write (the chain header) goes in its SYN when
+    the kernel holds a Fast Open cookie for hop (after a first connection),
+    so the next proxy learns its own next hop half a round trip after the
+    SYN left instead of one and a half; without a cookie, a plain connect."""
+    s = socket.socket(socket.AF_INET6 if hop.addr.version == 6 else socket.AF_INET)
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
+        s.connect(hop.sockaddr)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 def _disconnected(s: socket.socket) -> bool:
     """Neutralised by the agent (disconnected in repair mode), so it has no peer."""
     try:
@@ -448,12 +465,14 @@ class Proxy:
         cc: str | None = None,
         routes: ChainRoutes | None = None,
         chained: Chained | None = None,
+        fastopen: bool = False,
     ):
         if chained is not None and (upstream is not None or routes is not None):
             raise ValueError("a chained proxy takes its next hop from the header")
         self.upstream = upstream
         self.routes = routes
         self.chained = chained
+        self.fastopen = fastopen
         self.cc = cc
         self.drain = drain
         self.agent_path = agent_path
@@ -465,6 +484,8 @@ class Proxy:
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if upstream is None and chained is None:  # transparent: TPROXY gives us any address
             self.listener.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
+        if fastopen:  # a previous proxy's header may come in its SYN
+            self.listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, FASTOPEN_QUEUE)
         self.listener.bind(listen)
         self.listener.listen(1024)
 
@@ -510,6 +531,8 @@ class Proxy:
         if source.family != destination.family:  # a v4 client of a v6 server, say
             source = Hop.of("::" if destination.addr.version == 6 else "0.0.0.0", 0)
         onward = ChainHeader(source, destination, hops[1:]).encode()
+        if self.fastopen:
+            return _fastopen_connect(hops[0]), onward
         return socket.create_connection(hops[0].sockaddr), onward
 
     def _flow(self, a: socket.socket) -> None:
