@@ -47,6 +47,29 @@ def test_other_tlvs_are_skipped(header, kind, value):
     assert ppv2.decode(bytes(raw) + tlv)[0] == header
 
 
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_are_refused_with_a_reason(raw):
+    """Never another exception; a header found depends on its own bytes only."""
+    try:
+        header, used = ppv2.decode(raw)
+    except HeaderError as exc:
+        assert str(exc)
+        return
+    assert used <= len(raw) and ppv2.decode(raw[:used]) == (header, used)
+
+
+@given(headers, st.data())
+def test_a_header_with_a_byte_changed_is_a_header_or_refused(header, data):
+    raw = bytearray(header.encode())
+    i = data.draw(st.integers(0, len(raw) - 1))
+    raw[i] ^= data.draw(st.integers(1, 255))
+    try:
+        got, used = ppv2.decode(bytes(raw))
+    except HeaderError:
+        return
+    assert used <= len(raw) and ppv2.decode(got.encode())[0] == got
+
+
 def test_the_bytes_the_spec_fixes():
     h = ChainHeader(
         Hop.of("10.1.0.1", 40000), Hop.of("10.4.0.2", 9000), (Hop.of("10.2.0.2", 8000),)
