@@ -5,6 +5,7 @@ and (if asked) its metrics endpoint, wired together from one AgentConfig.
 from __future__ import annotations
 
 import logging
+import math
 import resource
 import signal
 from dataclasses import dataclass, field
@@ -134,7 +135,8 @@ def run(cfg: AgentConfig) -> int:
         sockdir.prepare(cfg.socket)  # before anything is attached
         sockdir.lock(cfg.socket)  # kept until the agent exits
         target, port_map = open_target(cfg)
-        holds = Holds() if cfg.hold else None
+        # The kernel ends a hold a little after the agent would: only if none is there.
+        holds = Holds(backstop_s=math.ceil(cfg.hold_timeout) + 2) if cfg.hold else None
     except (TargetError, HoldError, sockdir.UnsafeDirectory) as exc:
         raise ConfigError(str(exc)) from None
     _raise_fd_limit()

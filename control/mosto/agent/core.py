@@ -14,10 +14,9 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from mosto import failpoints
@@ -92,6 +91,7 @@ class Held:
     deadline: float
     family: int
     state: TcpState
+    other: FlowKey | None = None  # the pair's other direction: the two end together
 
 
 @dataclass
@@ -255,13 +255,15 @@ class Agent:
         trust.check_local(sock, state, name)
         return state
 
-    def _states(self, a: socket.socket, b: socket.socket) -> tuple[TcpState, TcpState]:
-        """Every request with sockets: a flow past ESTABLISHED (a FIN came) is
-        ending, and nothing is to be learned, held or spliced of it."""
+    def _states(
+        self, a: socket.socket, b: socket.socket, established: bool = True
+    ) -> tuple[TcpState, TcpState]:
+        """Every request with sockets but unhold: a flow past ESTABLISHED (a FIN
+        came) is ending, and nothing is to be learned, held or spliced of it."""
         states = self._tcp_state(a, "client"), self._tcp_state(b, "server")
         trust.check_distinct(a, b)
         for name, st in zip(("client", "server"), states, strict=True):
-            if st.info.state != TCP_ESTABLISHED:
+            if established and st.info.state != TCP_ESTABLISHED:
                 raise refusal.NotEstablished(f"{name} connection is in TCP state {st.info.state}")
         return states
 
@@ -304,7 +306,9 @@ class Agent:
         if caller.root:
             return
         limit = getattr(self.quotas, what)
-        per, unit = {"held": (2, "held flows")}.get(what, (1, f"{what} entries"))
+        per, unit = {"held": (2, "held flows"), "learning": (1, "learning entries")}.get(
+            what, (1, what)
+        )
         if self._count(caller, what) + adding > limit * per:
             raise refusal.LimitReached(f"uid {caller.uid} has its {limit} {unit} already")
 
@@ -331,8 +335,9 @@ class Agent:
                         self._learning[flow].owner = caller.uid
             failpoints.reach("register")
             # A quiet peer may never send again: make each send one segment now.
-            prompt_ack(a)
-            prompt_ack(b)
+            with self._repairing(caller, a, b):
+                prompt_ack(a)
+                prompt_ack(b)
         return {"client": pair.from_client.to_json(), "server": pair.from_server.to_json()}
 
     def hold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
@@ -347,15 +352,20 @@ class Agent:
                 new = [f for f in (pair.from_client, pair.from_server) if f not in self._held]
                 self._check_quota(caller, "held", len(new))
                 deadline = time.monotonic() + self.hold_timeout
-                for flow, sock, st in ((pair.from_client, a, s_a), (pair.from_server, b, s_b)):
-                    self._held[flow] = Held(caller.uid, caller.conn, deadline, sock.family, st)
+                for flow, sock, st, other in (
+                    (pair.from_client, a, s_a, pair.from_server),
+                    (pair.from_server, b, s_b, pair.from_client),
+                ):
+                    self._held[flow] = Held(
+                        caller.uid, caller.conn, deadline, sock.family, st, other
+                    )
             self.holds.hold(pair.from_client, pair.from_server)  # one nftables transaction
             failpoints.reach("hold")
 
     def unhold(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> None:
         pair = self._flows(a, b)
         with self._flow_locks.locked(pair.from_client, pair.from_server):
-            pair = pair_of(*self._states(a, b))
+            pair = pair_of(*self._states(a, b, established=False))  # lifting is always allowed
             with self._lock:
                 self._check_owner(caller, pair.from_client, pair.from_server)
             self._unhold(pair)
@@ -399,6 +409,8 @@ class Agent:
                 continue
             if found is None or found.state != TCP_ESTABLISHED:
                 ended.append(flow)
+                if h.other is not None and h.other not in ended:
+                    ended.append(h.other)  # a FIN on one side: the other sender waits on nothing
         self._drop_holds(expired, "timed out")
         self._drop_holds(ended, "flow ended")
 
@@ -482,8 +494,11 @@ class Agent:
 
     def _offload(self, a: socket.socket, b: socket.socket, caller: Caller) -> Splice:
         pair = self._flows(a, b)
-        with self._flow_locks.locked(pair.from_client, pair.from_server):
-            s_a, s_b = self._states(a, b)
+        with self._flow_locks.locked(pair.from_client, pair.from_server), ExitStack() as repairing:
+            s_a, s_b = self._states(a, b)  # refuses sockets already in repair mode
+            # From here to the answer they go in and out of repair mode (probes,
+            # the read, the kick): written down all along, for a next agent.
+            repairing.enter_context(self._repairing(caller, a, b))
             pair = pair_of(s_a, s_b)
             with self._lock:  # before the try: a refusal lifts the hold, but only the owner's
                 self._check_owner(caller, pair.from_client, pair.from_server)
@@ -510,14 +525,9 @@ class Agent:
                     )
                 # Outside the agent's lock (this flow's lock is held): _commit
                 # takes it for the table changes only.
-                record = self._note_repair(caller, a, b)
-                try:
-                    splice, anchors = self._frozen_install(
-                        a, b, pair, to_server_hop, to_client_hop, tsvals
-                    )
-                finally:  # out of repair mode, spliced or not (or this agent is dead)
-                    if record is not None and self.repairlog is not None:
-                        self.repairlog.remove(record)
+                splice, anchors = self._frozen_install(
+                    a, b, pair, to_server_hop, to_client_hop, tsvals
+                )
                 splice.owner = caller.uid
             except BaseException:
                 if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
@@ -527,12 +537,19 @@ class Agent:
                 self._kick(a, b, pair, anchors)
             return splice
 
-    def _note_repair(self, caller: Caller, a: socket.socket, b: socket.socket) -> Path | None:
-        """Before the sockets go into repair mode: written down for a restarted
-        agent (repairlog.py), in case this one dies before they are out."""
+    @contextmanager
+    def _repairing(self, caller: Caller, a: socket.socket, b: socket.socket) -> Iterator[None]:
+        """Around anything that may put the sockets in repair mode: written down
+        for a next agent (repairlog.py), in case this one dies before they are
+        out again."""
         if self.repairlog is None:
-            return None
-        return self.repairlog.write(caller.uid, caller.pid, a, b)
+            yield
+            return
+        record = self.repairlog.write(caller.uid, caller.pid, a, b)
+        try:
+            yield
+        finally:
+            self.repairlog.remove(record)
 
     def recover_repairs(self) -> int:
         """A dead agent's proxy sockets still in repair mode, taken back from

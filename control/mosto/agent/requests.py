@@ -44,9 +44,10 @@ def echoed_id(value: Any) -> int | str | None:
 
 def parse(doc: dict[str, Any], nfds: int) -> Request:
     op = doc.get("op")
-    if not isinstance(op, str) or op not in OPS:
-        shown = op if isinstance(op, str) and len(op) <= 32 else type(op).__name__
-        raise refusal.BadRequest(f"unknown op {shown!r}")
+    if not isinstance(op, str):
+        raise refusal.BadRequest(f"'op' must be a string, not {type(op).__name__}")
+    if op not in OPS:
+        raise refusal.BadRequest(f"unknown op {op[:32]!r}")
     allowed = {"op", "id"} | ({"splice"} if op == "release" else set())
     extra = sorted(k for k in doc if k not in allowed)
     if extra:

@@ -501,7 +501,18 @@ def test_holds_go_when_the_agent_stops_and_a_restart_clears_a_dead_agents(stack,
     finally:
         p.kill()
         p.wait()
-    # The victim's splices survived both restarts (under new ids), and their
+    # And with no agent coming back, the kernel ends a killed agent's hold itself.
+    p, got = spawn_attack(stack, "hold", "--server", SERVER, uid=VICTIM)
+    try:
+        assert got["hold"] == "ok"
+        stack.kill_agent()
+        assert held_elements(stack) == 2
+        wait_for(lambda: held_elements(stack) == 0, HOLD_TIMEOUT_S + 5, "the kernel's timeout")
+    finally:
+        p.kill()
+        p.wait()
+        stack.start_agent()
+    # The victim's splices survived the restarts (under new ids), and their
     # four-tuples are kept.
     flows = {(json.dumps(s["client"]), json.dumps(s["server"])) for s in listed(stack)}
     assert {(json.dumps(s["client"]), json.dumps(s["server"])) for s in victim} <= flows

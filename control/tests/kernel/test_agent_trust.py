@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import socket
 import struct
@@ -289,3 +290,48 @@ def test_learning_entries_are_limited_per_uid_and_root_is_not(listener):
     agent.register(ends[2], ends[3], Caller(0))  # root: no quota
     agent.register(ends[4], ends[5], Caller(1002))  # another uid has its own
     assert agent.stats(alice)["learning"] == 2 and agent.stats()["learning"] == 6
+
+
+HALF_CLOSE_SCRIPT = """
+import json, socket, subprocess, time
+from mosto.agent.core import Agent
+from mosto.agent.kernel.hold import Holds
+from mosto.targets.memory import MemoryTarget
+subprocess.run("ip link set lo up".split(), check=True)
+srv = socket.create_server(("127.0.0.1", 7000))
+client, proxy_c = socket.create_connection(("127.0.0.1", 7000)), srv.accept()[0]
+proxy_s, server = socket.create_connection(("127.0.0.1", 7000)), srv.accept()[0]
+holds = Holds()
+agent = Agent(MemoryTarget(), holds)
+agent.hold(proxy_c, proxy_s)
+held_before = len(agent._held)
+client.shutdown(socket.SHUT_WR)  # the client's FIN: the proxy's client socket leaves ESTABLISHED
+time.sleep(0.05)
+agent.expire_holds()
+out = {"before": held_before, "after": len(agent._held)}
+agent.hold(proxy_s, server)  # another hold, of a pair we then unhold after a FIN
+server.shutdown(socket.SHUT_WR)
+time.sleep(0.05)
+agent.unhold(proxy_s, server)
+out["unhold"] = len(agent._held)
+holds.close()
+print(json.dumps(out))
+"""
+
+
+def test_a_fin_during_a_hold_lifts_both_sides_and_unhold_still_works():
+    """A client that half-closes during the drain: the server's sender must not
+    stay held until the timeout, and the proxy may still lift the hold itself."""
+    name = f"mosto-half-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        out = subprocess.run(
+            ["ip", "netns", "exec", name, sys.executable, "-c", HALF_CLOSE_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"before": 2, "after": 0, "unhold": 0}

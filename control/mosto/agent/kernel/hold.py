@@ -74,10 +74,17 @@ def _freeze_rules() -> list[str]:
     return _per_doff("prerouting", "frozen", pure_ack=False)
 
 
-class Holds:
-    """The hold table of this network namespace."""
+# A frozen flow thaws in milliseconds; the kernel's own timeout is a backstop.
+FREEZE_BACKSTOP_S = 1
 
-    def __init__(self) -> None:
+
+class Holds:
+    """The hold table of this network namespace. Every element also carries a
+    kernel timeout (backstop_s), so a hold ends even if the agent died and no
+    agent comes back to delete it; the agent's own timeout comes first."""
+
+    def __init__(self, backstop_s: int = 7) -> None:
+        self.backstop_s = backstop_s
         self._nft = nftables.Nftables()
         self._lock = threading.Lock()
         self._held: set[FlowKey] = set()  # what the sets hold: only this agent adds to them
@@ -90,17 +97,17 @@ class Holds:
                     # raw priority: before conntrack sees the ACK
                     f"add chain inet {TABLE} output {{ type filter hook output priority -300; }}",
                     f"add set inet {TABLE} held4 {{ type ipv4_addr . ipv4_addr . inet_service . "
-                    "inet_service; }",
+                    "inet_service; flags timeout; }",
                     f"add set inet {TABLE} held6 {{ type ipv6_addr . ipv6_addr . inet_service . "
-                    "inet_service; }",
+                    "inet_service; flags timeout; }",
                     *_rules(),
                     # raw priority: before conntrack, and before any socket sees the data
                     f"add chain inet {TABLE} prerouting "
                     "{ type filter hook prerouting priority -300; }",
                     f"add set inet {TABLE} frozen4 {{ type ipv4_addr . ipv4_addr . "
-                    "inet_service . inet_service; }",
+                    "inet_service . inet_service; flags timeout; }",
                     f"add set inet {TABLE} frozen6 {{ type ipv6_addr . ipv6_addr . "
-                    "inet_service . inet_service; }",
+                    "inet_service . inet_service; flags timeout; }",
                     *_freeze_rules(),
                 ]
             )
@@ -112,16 +119,19 @@ class Holds:
             raise HoldError(f"nft: {err.strip()}")
         return out
 
-    def _element(self, flow: FlowKey, frozen: bool = False) -> str:
+    def _element(self, flow: FlowKey, frozen: bool = False, timeout: int | None = None) -> str:
         """The set element of an inbound flow: for a hold its reverse (what the
-        proxy sends), for a freeze the flow itself."""
+        proxy sends), for a freeze the flow itself; timeout: to add it with."""
         key, name = (flow, "frozen") if frozen else (flow.reversed(), "held")
         s = f"{name}{key.family}"
-        return f"inet {TABLE} {s} {{ {key.src} . {key.dst} . {key.sport} . {key.dport} }}"
+        expires = f" timeout {timeout}s" if timeout is not None else ""
+        return f"inet {TABLE} {s} {{ {key.src} . {key.dst} . {key.sport} . {key.dport}{expires} }}"
 
     def freeze(self, *flows: FlowKey) -> None:
         with self._lock:
-            self._run("\n".join(f"add element {self._element(f, True)}" for f in flows))
+            self._run(
+                "\n".join(f"add element {self._element(f, True, FREEZE_BACKSTOP_S)}" for f in flows)
+            )
 
     def thaw(self, *flows: FlowKey) -> None:
         with self._lock:
@@ -132,7 +142,8 @@ class Holds:
         with self._lock:
             new = [f for f in flows if f not in self._held]
             if new:
-                self._run("\n".join(f"add element {self._element(f)}" for f in new))
+                adds = (f"add element {self._element(f, timeout=self.backstop_s)}" for f in new)
+                self._run("\n".join(adds))
                 self._held.update(new)
 
     def release(self, *flows: FlowKey) -> None:
@@ -141,8 +152,12 @@ class Holds:
         with self._lock:
             held = [f for f in flows if f in self._held]
             if held:
-                self._run("\n".join(f"delete element {self._element(f)}" for f in held))
                 self._held.difference_update(held)
+                try:
+                    self._run("\n".join(f"delete element {self._element(f)}" for f in held))
+                except HoldError:  # the kernel's backstop timed one out first: delete the rest
+                    for f in held:
+                        self._nft.cmd(f"delete element {self._element(f)}")
 
     def held(self, flow: FlowKey) -> bool:
         with self._lock:
