@@ -10,6 +10,7 @@
  *   struct ctx_buff          the program's context
  *   CTX_SEC                  its ELF section
  *   CTX_PASS, CTX_DROP       verdicts; ctx_tx() / ctx_redirect() forward
+ *   ctx_nonlinear()          part of the frame is not direct-accessible
  *   ctx_pull_headers()       make the headers direct-accessible
  *   ctx_data(), ctx_data_end(), ctx_len(), ctx_ingress_ifindex()
  *   ctx_vlan_meta()          an 802.1Q tag outside the data (tc only)

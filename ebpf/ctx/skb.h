@@ -44,9 +44,15 @@ static __always_inline void *ctx_data_end(const struct __sk_buff *skb)
 	return (void *)(long)skb->data_end;
 }
 
-/* Direct access reaches only the linear part. A local sender's GSO frame
- * keeps its headers there, but a GRO'd or tunnelled one need not: pull what
- * the headers can take, never the payload. Also unclones, so writes are safe. */
+/* Direct access reaches only the linear part: is some of the frame beyond it? */
+static __always_inline bool ctx_nonlinear(const struct __sk_buff *skb)
+{
+	return ctx_data(skb) + skb->len > ctx_data_end(skb);
+}
+
+/* For a frame whose headers are not all in the linear part (a GRO'd or
+ * tunnelled one; a local sender's GSO frame keeps them there): pull as much
+ * as the longest headers take. Also unclones, so writes are safe. */
 static __always_inline int ctx_pull_headers(struct __sk_buff *skb)
 {
 	__u32 want = skb->len;

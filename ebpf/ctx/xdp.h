@@ -28,6 +28,11 @@ static __always_inline void *ctx_data_end(const struct xdp_md *ctx)
 }
 
 /* The program does not declare frags support: every frame is linear. */
+static __always_inline bool ctx_nonlinear(const struct xdp_md *ctx)
+{
+	return false;
+}
+
 static __always_inline int ctx_pull_headers(struct xdp_md *ctx)
 {
 	return 0;
