@@ -1,10 +1,6 @@
 #!/usr/bin/env python3
 """Hand-over benchmark, all measured in one run on one topology (tools/topology.py):
 
-  bulk download through: plain kernel forwarding (no proxy), haproxy (TCP
-  mode), the Python reference proxy, and the same proxy handing the flow over
-  to XDP after 1 MiB; throughput, the proxy process's CPU, and the host's CPU
-  (all cores, client and server included);
   issue 11's hand-over numbers, with the agent as in production (native XDP):
   offload latency of quiet flows one at a time (tools/quiet_pairs.py), a burst
   of quiet flows over several agent connections (hand-overs/s, the agent's CPU
@@ -12,7 +8,9 @@
   per byte, bulk hand-overs' longest stall and the server's retransmission
   timeouts, offload latency and the idle agent's CPU with made-up splices in
   the table (rebuilt by a restarted agent), and a py-spy profile of the agent
-  when --py-spy (or py-spy on PATH) is there.
+  when --py-spy (or py-spy on PATH) is there; the relaying proxy's CPU per
+  byte (one bulk download) for the break-even. Bulk throughput by path and
+  hook is tools/bench_throughput.py's (docs/benchmarks-throughput.md).
 
 Writes docs/benchmarks.md and build/bench/handover.json, and prints the report.
 """
@@ -37,20 +35,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from processes import BIN, REPO, Processes, mosto, proc_cpu, traffic, wait_for  # noqa: E402
 from topology import PROXY_C4, SERVER4, topology  # noqa: E402
-
-HAPROXY_CFG = """global
-    maxconn 4096
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend bench
-    bind {listen}
-    default_backend servers
-backend servers
-    server s1 {upstream}
-"""
 
 
 def host_busy() -> float:
@@ -385,7 +369,9 @@ def scale(bench: Bench, procs: Processes, agent, levels: list[int], flows: int, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="1G", help="bulk transfer size (default 1G)")
+    parser.add_argument(
+        "--size", default="1G", help="the relayed download for the break-even (default 1G)"
+    )
     parser.add_argument("--flows", type=int, default=200, help="quiet flows, one at a time")
     parser.add_argument("--burst", type=int, default=5000, help="quiet flows in the burst")
     parser.add_argument("--connections", type=int, default=8, help="agent connections, burst")
@@ -413,32 +399,11 @@ def main() -> int:
             topo.server, traffic("serve", "--listen", "0.0.0.0:9000"), "server.log", ready=True
         )
         bench = Bench(topo, procs, args.size)
-        print(f"bulk download of {args.size}, one flow:", file=sys.stderr)
-        # veth carries 64 KiB GSO frames unless XDP is attached; a NIC never does.
-        bench.measure("kernel forwarding, no XDP (veth GSO frames)", SERVER4, 9000, None)
         agent = topo.start_agent(procs, *AGENT_ARGS)
-        print("XDP attached from here on (MTU-sized frames, as from a NIC):", file=sys.stderr)
-        bench.measure("kernel forwarding (no proxy)", SERVER4, 9000, None)
-
-        cfg = logdir / "haproxy.cfg"
-        cfg.write_text(HAPROXY_CFG.format(listen=f"{PROXY_C4}:8600", upstream=f"{SERVER4}:9000"))
-        hap = procs.spawn(topo.proxy, ["haproxy", "-db", "-f", str(cfg)], "haproxy.log")
-        time.sleep(0.5)
-        bench.measure("haproxy 2.6, TCP mode", PROXY_C4, 8600, hap.pid)
-
+        print(f"relayed download of {args.size}, for the break-even:", file=sys.stderr)
         relay = bench.proxy(8700, "--agent", "", log="proxy-relay.log")
         bench.measure("Python proxy (relaying)", PROXY_C4, 8700, relay.pid)
-        handing = bench.proxy(
-            8800,
-            "--agent",
-            topo.agent_socket,
-            "--handover-after",
-            "1M",
-            log="proxy-handover.log",
-            stats=logdir / "proxy-handover.json",
-        )
-        bench.measure("Python proxy, handed over to XDP after 1 MiB", PROXY_C4, 8800, handing.pid)
-        relay_ns_per_byte = bench.rows[3]["proxy_cpu_s"] / _size(args.size) * 1e9
+        relay_ns_per_byte = bench.rows[0]["proxy_cpu_s"] / _size(args.size) * 1e9
 
         print(f"bulk hand-overs ({args.bulk_size}, after 8 MiB):", file=sys.stderr)
         bulk = bench.bulk_handovers(args.bulk_runs, args.bulk_size, "8M", agent.pid)
@@ -501,7 +466,7 @@ def main() -> int:
             "handover_cpu_us": round(handover_cpu_us, 1),
             "break_even_bytes_one_at_a_time": round(quiet_cpu_us * 1e3 / relay_ns_per_byte),
             "bulk": bulk,
-            "throughput": bench.rows,
+            "relay": bench.rows[0],
             "profile": profile,
             "seconds": round(time.monotonic() - t_start),
             "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
@@ -509,7 +474,7 @@ def main() -> int:
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    report = render(args, bench.rows, result)
+    report = render(args, result)
     Path(args.out).write_text(report)
     print(report)
     print(f"(written to {args.out} and {args.json})")
@@ -526,8 +491,7 @@ def _met(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def render(args, rows: list[dict], r: dict) -> str:
-    base = rows[1]["gbit_s"]
+def render(args, r: dict) -> str:
     d, quiet, burst, bulk = r["detail"], r["detail"]["quiet"], r["detail"]["burst"], None
     bulk = d["bulk"]
     sc = r["scale"]
@@ -537,25 +501,14 @@ def render(args, rows: list[dict], r: dict) -> str:
         "# Benchmarks",
         "",
         "Written by `tools/bench_handover.py` (part of `make bench`, which also prints the",
-        "XDP per-packet costs and the chain computation's timings). Every row of a table",
-        "comes from the same run on the same machine: compare ratios within a table.",
+        "chain computation's timings). Every row of a table comes from the same run on the",
+        "same machine: compare ratios within a table.",
         "",
-        f"## Bulk transfer ({args.size} download, one flow, veth, 2 cores)",
-        "",
-        "Proxy CPU: user + system seconds of the proxy process during the transfer.",
-        "Host CPU: busy seconds of all cores (client, server, softirq included).",
-        "Longest stall: the longest gap between two reads at the client.",
-        "Ratios are to kernel forwarding with XDP attached (the second row): with no XDP",
-        "program, veth moves 64 KiB GSO frames, which no real NIC does.",
-        "",
-        "| path | Gbit/s | x forwarding | seconds | proxy CPU s | host CPU s | longest stall ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "Bulk-transfer throughput by path (forwarding, haproxy, the Python proxy, the",
+        "splice) and hook (none, XDP, tc), uncontended and contended, with the splice",
+        "program's per-packet cost on both hooks, written by `tools/bench_throughput.py`:",
+        "[benchmarks-throughput.md](benchmarks-throughput.md).",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['path']} | {row['gbit_s']} | {row['gbit_s'] / base:.2f} | {row['seconds']} "
-            f"| {row['proxy_cpu_s']} | {row['host_cpu_s']} | {row['longest_stall_ms']} |"
-        )
     stall, rto = r["bulk_longest_stall_ms"], r["bulk_sender_timeouts"]
     lines += [
         "",
@@ -619,7 +572,7 @@ def render(args, rows: list[dict], r: dict) -> str:
         "### Break-even",
         "",
         f"The reference proxy relaying spends {d['relay_cpu_ns_per_byte']} ns of CPU per byte",
-        "(its CPU over the bytes of the relaying row above). A hand-over costs, in the burst,",
+        f"(its CPU over a relayed {args.size} download). A hand-over costs, in the burst,",
         f"{d['handover_cpu_us']:,.0f} us: the agent's register and offload CPU and the proxy's own",
         "in the two calls. A flow with less than that many bytes left is cheaper to relay:",
         f"**{r['break_even_bytes']:,} bytes** ({r['break_even_bytes'] / 1024:,.0f} KiB). From",

@@ -31,46 +31,61 @@ REPO = Path(__file__).resolve().parents[1]
 SACK_TS = [NOP, NOP, ("Timestamp", (111, 222)), NOP, NOP, ("SAck", (1, 2, 3, 4, 5, 6))]
 
 
+CASES = ("parse-only", "miss", "hit", "hit+sack+ts")
+
+
+def measure(repeat: int, rounds: int, progress: bool = True) -> dict[tuple[str, str], list[int]]:
+    """ns/packet of every (case, hook), one sample per round: the cases interleaved
+    within each round, so drift spreads over all of them alike."""
+    xdp = XdpTarget(pin_dir=None)
+    baselines = {
+        "xdp": libbpf.BpfObject(str(REPO / "build" / "parse_only.bpf.o"), None),
+        "tc": libbpf.BpfObject(str(REPO / "build" / "parse_only_tc.bpf.o"), None),
+    }
+    try:
+        # Ingress and egress are both lo (ifindex 1): hits go back out (XDP_TX, or
+        # bpf_redirect to the ingress device).
+        xdp.add(parse_entry(entry(egress="lo")))
+        xdp.add(parse_entry(entry(sport=40001, egress="lo", timestamps=TS)))
+        frames = {
+            "parse-only": bytes(tcp4()),
+            "miss": bytes(tcp4(sport=40002)),
+            "hit": bytes(tcp4()),
+            "hit+sack+ts": bytes(tcp4(sport=40001, options=SACK_TS)),
+        }
+        cases = {
+            (name, hook): (
+                baselines[hook].prog_fd("mosto_parse_only")
+                if name == "parse-only"
+                else xdp.hook_prog_fd(hook),
+                frames[name],
+            )
+            for hook in HOOKS
+            for name in CASES
+        }
+        samples: dict[tuple[str, str], list[int]] = {key: [] for key in cases}
+        for r in range(rounds):
+            for (name, hook), (fd, frame) in cases.items():
+                _, _, ns = libbpf.test_run(
+                    fd, frame, ingress_ifindex=1, repeat=repeat, skb=hook == "tc"
+                )
+                samples[name, hook].append(ns)
+            if progress:
+                print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    finally:
+        xdp.close()
+        for obj in baselines.values():
+            obj.close()
+    return samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1_000_000, help="runs per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     args = parser.parse_args()
 
-    xdp = XdpTarget(pin_dir=None)
-    baselines = {
-        "xdp": libbpf.BpfObject(str(REPO / "build" / "parse_only.bpf.o"), None),
-        "tc": libbpf.BpfObject(str(REPO / "build" / "parse_only_tc.bpf.o"), None),
-    }
-    # Ingress and egress are both lo (ifindex 1): hits go back out (XDP_TX, or
-    # bpf_redirect to the ingress device).
-    xdp.add(parse_entry(entry(egress="lo")))
-    xdp.add(parse_entry(entry(sport=40001, egress="lo", timestamps=TS)))
-    frames = {
-        "parse-only": bytes(tcp4()),
-        "miss": bytes(tcp4(sport=40002)),
-        "hit": bytes(tcp4()),
-        "hit+sack+ts": bytes(tcp4(sport=40001, options=SACK_TS)),
-    }
-    cases = {
-        (name, hook): (
-            baselines[hook].prog_fd("mosto_parse_only")
-            if name == "parse-only"
-            else xdp.hook_prog_fd(hook),
-            frame,
-        )
-        for hook in HOOKS
-        for name, frame in frames.items()
-    }
-    samples: dict[tuple[str, str], list[int]] = {key: [] for key in cases}
-    for r in range(args.rounds):
-        for (name, hook), (fd, frame) in cases.items():
-            _, _, ns = libbpf.test_run(
-                fd, frame, ingress_ifindex=1, repeat=args.repeat, skb=hook == "tc"
-            )
-            samples[name, hook].append(ns)
-        print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
-
+    samples = measure(args.repeat, args.rounds)
     median = {key: statistics.median(values) for key, values in samples.items()}
     print(
         f"\nPer-packet cost, BPF_PROG_TEST_RUN, repeat={args.repeat}, "
@@ -79,7 +94,7 @@ def main() -> int:
     print(
         f"{'case':<14}{'hook':<6}{'ns/packet':>10}{'x parse-only':>14}{'tc/xdp':>8}   rounds (ns)"
     )
-    for name in frames:
+    for name in CASES:
         for hook in HOOKS:
             med = median[name, hook]
             ratio = f"{med / median[name, 'xdp']:.2f}" if hook == "tc" else ""
@@ -87,9 +102,6 @@ def main() -> int:
                 f"{name:<14}{hook:<6}{med:>10}{med / median['parse-only', hook]:>14.2f}"
                 f"{ratio:>8}   {samples[name, hook]}"
             )
-    xdp.close()
-    for obj in baselines.values():
-        obj.close()
     return 0
 
 
