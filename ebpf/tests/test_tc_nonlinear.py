@@ -1,0 +1,111 @@
+"""The tc program on skbs whose headers are not in the linear part.
+
+BPF_PROG_TEST_RUN builds linear skbs only, and a local sender's GSO frame keeps
+its headers linear, so neither makes the program pull. A tap device opened with
+IFF_NAPI_FRAGS does: the kernel builds each frame written to it in page
+fragments (one per iovec after the first, which is the linear part: empty
+here), and with GRO off on the tap only the Ethernet header is moved into the
+linear part before tc ingress. The program on the tap's ingress must pull the
+IP and TCP headers (options included), translate, and send the frame back out
+of the tap (egress = ingress: bpf_redirect to it), where the test reads it:
+its bytes are the corpus's, as in test_fixtures.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import struct
+from collections.abc import Iterator
+
+import pytest
+from pyroute2.netns import popns, pushns
+
+from mosto.dataplane.entry import parse_entry
+from mosto.targets.xdp.target import XdpTarget
+from mosto.testing.corpus import CASES, Case, install_docs
+from mosto.testing.pktdiff import explain_mismatch
+from netns import namespace
+
+TUNSETIFF = 0x400454CA
+IFF_TAP, IFF_NO_PI, IFF_NAPI, IFF_NAPI_FRAGS = 0x0002, 0x1000, 0x0010, 0x0020
+TAP = "mfrag0"
+READ_TIMEOUT_S = 2.0
+# Forwarded cases whose frame has no VLAN tag in the data (the kernel would take
+# it into metadata on the way in) and is long enough to hold its IP header.
+FORWARDED = [c for c in CASES if c.verdict == "forward" and b"\x81\x00" != bytes(c.packet)[12:14]]
+
+
+@pytest.fixture(scope="module")
+def tap() -> Iterator[tuple[int, XdpTarget, str]]:
+    """A frags-building tap in a namespace of its own, the tc program on its
+    ingress (private maps): (the tap's fd, the target, the namespace)."""
+    with namespace("mtc-frag") as ns:
+        ns.quiet()  # nothing of the kernel's own comes out of the tap
+        pushns(ns.name)
+        try:
+            try:
+                fd = os.open("/dev/net/tun", os.O_RDWR)
+            except FileNotFoundError:
+                pytest.skip("no /dev/net/tun: cannot make a tap")
+            ifr = struct.pack("16sH", TAP.encode(), IFF_TAP | IFF_NO_PI | IFF_NAPI | IFF_NAPI_FRAGS)
+            try:
+                fcntl.ioctl(fd, TUNSETIFF, ifr)
+            except OSError as exc:
+                os.close(fd)
+                pytest.skip(f"the kernel makes no IFF_NAPI_FRAGS tap: {exc}")
+            ns.sh("ethtool", "-K", TAP, "gro", "off")  # GRO would pull the headers itself
+            ns.sh("ip", "link", "set", TAP, "up")
+            target = XdpTarget(pin_dir=None, hook="tc")
+            target.attach(TAP, hook="tc")
+        finally:
+            popns()
+        try:
+            yield fd, target, ns.name
+        finally:
+            target.close()
+            os.close(fd)
+
+
+def read_frame(fd: int) -> bytes | None:
+    ready, _, _ = select.select([fd], [], [], READ_TIMEOUT_S)
+    return os.read(fd, 65536) if ready else None
+
+
+@contextlib.contextmanager
+def installed(target: XdpTarget, ns: str, case: Case) -> Iterator[None]:
+    pushns(ns)
+    try:
+        entries = [parse_entry(d) for d in install_docs(case, {0: TAP, 1: TAP})]
+        for e in entries:
+            target.add(e)
+    finally:
+        popns()
+    try:
+        yield
+    finally:
+        for e in entries:
+            target.delete(e.match)
+
+
+@pytest.mark.parametrize("case", FORWARDED, ids=lambda c: c.name)
+def test_headers_in_fragments_are_pulled_and_translated(tap, case: Case):
+    fd, target, ns = tap
+    frame = bytes(case.packet)
+    before = target.counters()
+    with installed(target, ns, case):
+        # An empty linear part, then the frame in two fragments, cut inside
+        # the TCP header: after the Ethernet header nothing is linear.
+        cut = min(len(frame) - 1, 14 + 20 + 10)
+        os.writev(fd, [b"", frame[:cut], frame[cut:]])
+        out = read_frame(fd)
+    after = target.counters()
+    moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+    assert moved.get("pass_truncated", 0) == 0, moved
+    assert out is not None, f"nothing came out of the tap: counters moved {moved}"
+    want = bytes(case.expected)
+    assert out == want, explain_mismatch(want, out)
+    assert moved == {"hit_tx": 1}, moved  # both logical ports are the tap
