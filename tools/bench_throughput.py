@@ -521,10 +521,10 @@ def main() -> int:
         epilog="Goals and their ratios: issue 12. The numbers: docs/benchmarks-throughput.md.",
     )
     parser.add_argument(
-        "--seconds", type=float, default=4.0, help="length of one download (default 4)"
+        "--seconds", type=float, default=3.0, help="length of one download (default 3)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="rounds of every row; the median (default 3)"
+        "--repeats", type=int, default=4, help="rounds of every row; the median (default 4)"
     )
     parser.add_argument(
         "--hooks",
