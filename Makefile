@@ -79,7 +79,7 @@ bmv2-test: build
 
 # bench_throughput.py also gives tools/bench_xdp.py's per-packet costs (its fixtures).
 bench: build
-	$(PY) tools/bench_throughput.py
+	$(PY) tools/bench_throughput.py --bpf-stats
 	$(PY) tools/bench_chains.py
 	$(PY) tools/bench_handover.py
 

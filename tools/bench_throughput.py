@@ -557,12 +557,13 @@ def main() -> int:
     if load_start > 0.5:
         progress(f"load average {load_start:.2f}: other work will distort the numbers")
     logdir = Path(tempfile.mkdtemp(prefix="mosto-tput-"))
+    # BPF_PROG_TEST_RUN's times include the stats' own cost: before they go on.
+    progress("per-packet cost (BPF_PROG_TEST_RUN)")
+    pp = per_packet(pp_repeat, pp_rounds)
     stats_before = bpf_stats_on()
     if args.bpf_stats and not stats_before:
         Path("/proc/sys/kernel/bpf_stats_enabled").write_text("1\n")
     try:
-        progress("per-packet cost (BPF_PROG_TEST_RUN)")
-        pp = per_packet(pp_repeat, pp_rounds)
         rows = measure_all(args, logdir)
     finally:
         if args.bpf_stats and not stats_before:
