@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -550,6 +551,8 @@ def main() -> int:
     args = parser.parse_args()
     if unknown := set(args.hooks) - set(HOOK_PATHS):
         parser.error(f"--hooks: no such hook {', '.join(sorted(unknown))}")
+    if "none" in args.hooks and not shutil.which("haproxy"):
+        parser.error("no haproxy on PATH: tools/install-deps.sh installs it (Debian's)")
     pp_repeat, pp_rounds = (1_000_000, 5) if not args.quick else (10_000, 1)
     if args.quick:
         args.seconds, args.repeats = 0.3, 1
