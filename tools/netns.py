@@ -76,16 +76,21 @@ def veth(
     a_mac: str | None = None,
     b_mac: str | None = None,
 ) -> None:
-    """A veth pair a_name (in a) <-> b_name (in b); None is the current namespace. Up."""
+    """A veth pair a_name (in a) <-> b_name (in b); None is the current namespace. Up.
+    Made under unique names and renamed where it lands: topologies built at the
+    same time all name their ends c0, pc, ..., and would collide on the way."""
+    tmp = f"v{uuid.uuid4().hex[:8]}"
+    ends = ((a, a_name, a_mac, f"{tmp}a"), (b, b_name, b_mac, f"{tmp}b"))
     with IPRoute() as ipr:
-        ipr.link("add", ifname=a_name, kind="veth", peer=b_name)
-        for ns, name in ((a, a_name), (b, b_name)):
+        ipr.link("add", ifname=f"{tmp}a", kind="veth", peer=f"{tmp}b")
+        for ns, _, _, made in ends:
             if ns is not None:
-                ipr.link("set", index=ipr.link_lookup(ifname=name)[0], net_ns_fd=ns.name)
-    for ns, name, mac in ((a, a_name, a_mac), (b, b_name, b_mac)):
+                ipr.link("set", index=ipr.link_lookup(ifname=made)[0], net_ns_fd=ns.name)
+    for ns, name, mac, made in ends:
         ctx = ns.ipr() if ns is not None else IPRoute()
         with ctx as ipr:
-            idx = ipr.link_lookup(ifname=name)[0]
+            idx = ipr.link_lookup(ifname=made)[0]
+            ipr.link("set", index=idx, ifname=name)
             if mac:
                 ipr.link("set", index=idx, address=mac)
             ipr.link("set", index=idx, state="up")
