@@ -303,8 +303,10 @@ def summarise(runs: dict[tuple[str, str, bool], list[dict]]) -> list[dict]:
         for key in ("agent_cpu_s", "prog_runs_per_mb", "prog_ns_per_run"):
             values = [r[key] for r in done if r.get(key) is not None]
             row[key] = round(statistics.median(values), 3) if values else None
-        gbps = [r["gbps"] for r in done]
-        row["gbps_spread"] = round((max(gbps) - min(gbps)) / statistics.median(gbps), 3)
+        for key in ("gbps", "processes_cpu_s_per_gb"):
+            values = [r[key] for r in done]
+            spread = (max(values) - min(values)) / statistics.median(values)
+            row[f"{key}_spread"] = round(spread, 3)
         row["runs"] = done
         rows.append(row)
     return rows
@@ -400,7 +402,7 @@ def render(doc: dict) -> str:
         "# Bulk-transfer throughput, by path and hook",
         "",
         "Written by `tools/bench_throughput.py` (part of `make bench`; alone:",
-        "`.venv/bin/python tools/bench_throughput.py`). All rows from one run on one",
+        "`.venv/bin/python tools/bench_throughput.py --bpf-stats`). All rows from one run on one",
         "topology layout (`tools/topology.py`: client, proxy and server namespaces, veth);",
         "compare ratios within a table. The JSON of the run: `build/bench/throughput.json`.",
         "",
@@ -466,12 +468,20 @@ def render(doc: dict) -> str:
             f"| {g['hook']} | {g['what']} | {g['goal']} | {g['uncontended']} "
             f"| {g['contended']} | {'yes' if g['met'] else '**no**'} |"
         )
-    spreads = [r["gbps_spread"] for r in rows]
+
+    def spread(key: str) -> str:
+        values = [r[f"{key}_spread"] * 100 for r in rows]
+        return (
+            f"{min(values):.0f}% to {max(values):.0f}% of its median (median "
+            f"{statistics.median(values):.0f}%)"
+        )
+
     lines += [
         "",
         f"Variance: over the {meta['repeats']} rounds the Gbit/s of a row spread by "
-        f"{min(spreads) * 100:.0f}% to {max(spreads) * 100:.0f}% of its median "
-        f"(median spread {statistics.median(spreads) * 100:.0f}%).",
+        f"{spread('gbps')}, its processes' CPU/GB by {spread('processes_cpu_s_per_gb')}.",
+        "Other work on the host takes time from the row, not CPU from its processes: on a",
+        "shared machine CPU per GB is the steadier measure, Gbit/s the noisier.",
     ]
     if any(r.get("prog_ns_per_run") for r in rows):
         lines += [
