@@ -66,19 +66,31 @@ static __always_inline struct splice_stats *update_stats(struct ctx_buff *ctx,
 	return st;
 }
 
+/* Whether a segment of seq may replace the recorded one: anything ahead of
+ * it, or not far behind (see MOSTO_LEARN_SEQ_BACK). Serial arithmetic. */
+static __always_inline bool learn_moves_forward(const struct splice_stats *st, __u32 seq)
+{
+	return !st->has_tsval || (__s32)(seq - st->learn_seq) >= -(__s32)MOSTO_LEARN_SEQ_BACK;
+}
+
 /* A flow the proxy still owns: remember the peer's TSval for the hand-over,
- * where it anchors the timestamp deltas. */
+ * where it anchors the timestamp deltas, with the segment's seq and ack: the
+ * agent uses it only if they were in the socket's window. */
 static __always_inline void learn_tsval(const struct packet *p, const struct splice_entry *e,
 					struct splice_stats *st)
 {
 	struct tcphdr *tcp = p->tcp;
-	__u32 hdr_len = tcp->doff * 4, tsval;
+	__u32 hdr_len = tcp->doff * 4, tsval, seq = bpf_ntohl(tcp->seq);
 
 	if (!st || tcp->doff < TCP_MIN_DOFF || (void *)tcp + hdr_len > p->data_end)
+		return;
+	if (!learn_moves_forward(st, seq))
 		return;
 	if (tcp_opts_tsval(tcp, p->data_end, hdr_len - sizeof(*tcp), e, &tsval)) {
 		st->last_tsval = tsval;
 		st->has_tsval = 1;
+		st->learn_seq = seq;
+		st->learn_ack = bpf_ntohl(tcp->ack_seq);
 	}
 }
 

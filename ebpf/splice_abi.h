@@ -55,8 +55,12 @@ struct splice_stats {
 	__u64 packets;
 	__u64 bytes; /* whole frames, as received */
 	__u64 last_seen_ns; /* CLOCK_MONOTONIC, coarse (a tick): cheap, enough for idling */
-	__u32 last_tsval;   /* SPLICE_F_LEARN: the TSval of the last frame with one */
+	/* SPLICE_F_LEARN: the last frame with a TSval (MOSTO_LEARN_SEQ_BACK says
+	 * which frames may replace it), with its seq and ack, host byte order */
+	__u32 last_tsval;
 	__u32 has_tsval;
+	__u32 learn_seq;
+	__u32 learn_ack;
 };
 
 /* Reported on mosto_events for every FIN or RST of a spliced flow. */

@@ -65,6 +65,10 @@ class CorpusCase(SpliceTest):
         egress = {p: self.target.egress(p) for p in (0, 1)}
         entries = self.install(install_docs(case, egress))
         before = self.target.dp.counters()
+        for prior in case.prior:
+            tu.send_packet(self, 0, bytes(prior))
+            if case.verdict == "pass":
+                tu.verify_packet(self, bytes(prior), PASS_PORT)
         tu.send_packet(self, 0, bytes(case.packet))
         if case.verdict == "forward":
             tu.verify_packet(self, bytes(case.expected), case.egress_port)
@@ -75,8 +79,9 @@ class CorpusCase(SpliceTest):
         hit = case.verdict != "pass" or case.counter == "pass_learn"
         st = self.target.dp.stats(entries[0].match)
         packets, nbytes = st.packets, st.bytes
-        self.assertEqual((packets, nbytes), (1, len(bytes(case.packet))) if hit else (0, 0))
-        self.assertEqual(self.target.learned_tsval(entries[0].match), case.learned_tsval)
+        sizes = sum(len(bytes(f)) for f in case.frames)
+        self.assertEqual((packets, nbytes), (len(case.frames), sizes) if hit else (0, 0))
+        self.assertEqual(self.target.learned(entries[0].match), case.learned())
         events = self.target.events(1.0 if case.event else 0.1)
         self.assertEqual(len(events), int(case.event), events)
         if case.event:

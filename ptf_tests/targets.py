@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from mosto.dataplane.entry import FlowKey
-from mosto.targets.base import Target
+from mosto.targets.base import EntryStats, Target
 
 REPO = Path(__file__).resolve().parents[1]
 PASS_PORT = 2
@@ -34,8 +34,9 @@ class PtfTarget:
     def egress(self, port: int) -> int | str:
         return self._egress[port]
 
-    def learned_tsval(self, match: FlowKey) -> int | None:
-        return self.dp.stats(match).tsval
+    def learned(self, match: FlowKey) -> tuple[int, int, int] | None:
+        """A learning entry's record, (tsval, seq, ack); the latest one's on XDP."""
+        return _record(self.dp.stats(match))
 
     def events(self, timeout: float) -> list[tuple[FlowKey, int]]:
         deadline = time.monotonic() + timeout
@@ -97,3 +98,10 @@ def open_target(params: dict) -> PtfTarget:
 
         return Bmv2PtfTarget(params)
     raise ValueError(f"unknown target {kind!r}: expected xdp, tc or bmv2")
+
+
+def _record(st: EntryStats) -> tuple[int, int, int] | None:
+    if not st.learned:
+        return None
+    rec = st.learned[-1]
+    return rec.tsval, rec.seq, rec.ack

@@ -51,6 +51,15 @@
 #define MOSTO_SPLICE_F_NAT (1 << 1)   /* rewrite addresses and ports */
 #define MOSTO_SPLICE_F_LEARN (1 << 2) /* the proxy still owns the flow: record TSval, pass */
 
+/* ---- learning entries ---------------------------------------------------- */
+
+/* A learning entry records a segment's TSval with its seq and ack, so the
+ * agent can check at hand-over that the segment was in window (a spoofed,
+ * blind one almost never is). The record only moves forward: a segment whose
+ * seq is more than this many bytes behind the recorded one (mod 2^32) leaves
+ * it alone (reordering and retransmissions of the last flight are closer). */
+#define MOSTO_LEARN_SEQ_BACK (1 << 20)
+
 /* ---- TCP flags an event reports (splice_event.tcp_flags, the digest) ----- */
 
 #define MOSTO_TCP_FIN 0x01

@@ -35,6 +35,9 @@ def test_fixture(clean_xdp, ports, hook, verdicts, case: Case):
     ids = [clean_xdp.add(e) for e in entries]
     events = []
     with clean_xdp.events(events.append) as ring:
+        for prior in case.prior:
+            verdict, _, _ = clean_xdp.test_run(bytes(prior), ingress_ifindex=ports[0], hook=hook)
+            assert verdict == expected_verdict(case, verdicts), f"{case.description}: prior"
         verdict, out, _ = clean_xdp.test_run(frame, ingress_ifindex=ports[0], hook=hook)
         ring.poll(0)
 
@@ -44,11 +47,16 @@ def test_fixture(clean_xdp, ports, hook, verdicts, case: Case):
         assert out == want, explain_mismatch(want, out)
 
     counters = clean_xdp.counters()
-    assert counters == {name: int(name == expected_counter(case)) for name in COUNTERS}
+    runs = len(case.frames)
+    assert counters == {name: runs * (name == expected_counter(case)) for name in COUNTERS}
     hit = case.verdict in ("forward", "drop") or case.counter == "pass_learn"
     stats = clean_xdp.stats_by_id(ids[0])
-    assert (stats.packets, stats.bytes) == ((1, len(frame)) if hit else (0, 0))
+    sizes = sum(len(bytes(f)) for f in case.frames)
+    assert (stats.packets, stats.bytes) == ((runs, sizes) if hit else (0, 0))
     assert stats.tsval == case.learned_tsval
+    # BPF_PROG_TEST_RUN runs on this CPU: one record
+    learned = case.learned()
+    assert [(r.tsval, r.seq, r.ack) for r in stats.learned] == ([learned] if learned else [])
     assert len(events) == int(case.event)
     if case.event:
         assert events[0].key == entries[0].match

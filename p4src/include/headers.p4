@@ -178,7 +178,9 @@ struct splice_params_t {
 }
 
 /* Reported to the control plane for every FIN or RST of a spliced flow, and
- * for every frame of a learning entry's flow (with the TSval, if it has one). */
+ * for every frame of a learning entry's flow (with the TSval, if it has one,
+ * and the segment's seq and ack: the control plane records them as the XDP
+ * program's learn_tsval() does, mosto.dataplane.learning). */
 struct splice_event_t {
     bit<8> family;
     bit<128> src_addr;
@@ -189,6 +191,8 @@ struct splice_event_t {
     bit<1> learning; /* the entry is a learning entry */
     bit<1> has_tsval; /* learning: a well-formed header with a timestamp option */
     bit<32> tsval;
+    bit<32> seq_no;
+    bit<32> ack_no;
 }
 
 struct local_metadata_t {

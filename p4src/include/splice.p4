@@ -225,7 +225,8 @@ control Splice(inout headers_t hdr,
         if (meta.learning || (hdr.tcp.flags & (MOSTO_TCP_FIN | MOSTO_TCP_RST)) != 0) {
             digest<splice_event_t>(1, { meta.family, meta.src_addr, meta.dst_addr,
                                         hdr.tcp.src_port, hdr.tcp.dst_port, hdr.tcp.flags,
-                                        meta.learning ? 1w1 : 1w0, has_tsval, tsval });
+                                        meta.learning ? 1w1 : 1w0, has_tsval, tsval,
+                                        hdr.tcp.seq_no, hdr.tcp.ack_no });
         }
         if (meta.learning) {
             meta.counter = CNT_PASS_LEARN;

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mosto import failpoints
-from mosto.agent import trust
+from mosto.agent import anchor, trust
 from mosto.agent.flowlock import FlowLocks
 from mosto.agent.handover import Pair, build_entries, check_options, check_quiet, moved, pair_of
 from mosto.agent.kernel import sockinfo
@@ -127,7 +127,7 @@ class Learning:
     created: float = field(default_factory=time.monotonic)
     remove_at: float | None = None
     owner: int | None = None  # the uid that registered it; unknown after a restart
-    tsval: int | None = None  # the latest TSval read from the entry: it outlives a reset
+    anchor: int | None = None  # the latest in-window TSval read: it outlives a reset
 
 
 class Agent:
@@ -436,42 +436,56 @@ class Agent:
         except TableFull as exc:
             raise refusal.TableFull(str(exc)) from None
 
-    def _await_tsvals(self, sides, owner: int | None = None) -> None:
-        """Probes the peers whose TSval the data plane has not learned yet and
-        gives the answers a few RTTs to arrive. A flow that was never registered,
-        or whose learning entry idled out, gets one now."""
+    def _anchors(self, sides, owner: int | None = None) -> tuple[int, int]:
+        """The TSvals to anchor the hand-over on, each from a segment that was
+        in the socket's window (anchor.py). A side whose record is missing or
+        out of window (a spoofer's, say) is learned afresh: its record is
+        dropped and the peer probed, and its answer gets a few RTTs to arrive.
+        A flow that was never registered, or whose learning entry idled out,
+        gets one now. Refuses if a side still has none."""
         with self._lock:
             for _, _, flow in sides:
                 if flow not in self._learning and self.target.entry_id(flow) is None:
                     self._add(Entry.learning(flow))
                     self._learning[flow] = Learning(flow, owner=owner)
-        missing = [
-            (sock, st)
-            for sock, st, flow in sides
-            if flow in self._learning and self._learned_tsval(flow) is None
-        ]
-        if not missing:
-            return
-        for sock, _ in missing:
-            prompt_ack(sock)
-        wait = max(PROBE_WAIT_MIN_S, max(4 * st.info.rtt_us / 1e6 for _, st in missing))
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if all(self._learned_tsval(flow) is not None for _, _, flow in sides):
-                return
-            time.sleep(PROBE_POLL_S)
+        wins = {flow: anchor.read_windows(sock) for sock, _, flow in sides}
+        found = {flow: self._anchor(flow, wins[flow]) for _, _, flow in sides}
+        missing = [(sock, st, flow) for sock, st, flow in sides if found[flow] is None]
+        if missing:
+            for sock, _, flow in missing:
+                self.target.forget_learned(flow)
+                prompt_ack(sock)
+            wait = max(PROBE_WAIT_MIN_S, max(4 * st.info.rtt_us / 1e6 for _, st, _ in missing))
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and None in found.values():
+                time.sleep(PROBE_POLL_S)
+                for _, _, flow in missing:
+                    if found[flow] is None:
+                        found[flow] = self._anchor(flow, wins[flow])
+        (_, _, client), (_, _, server) = sides
+        tsvals = found[client], found[server]
+        if tsvals[0] is None or tsvals[1] is None:
+            who = "client" if tsvals[0] is None else "server"
+            raise refusal.TimestampsUnknown(f"no TSval from the {who} in window yet")
+        return tsvals[0], tsvals[1]
 
-    def _learned_tsval(self, flow: FlowKey) -> int | None:
-        """The sender's latest TSval the data plane saw, or the last one read
-        before its entry was reset (a rolled-back hand-over re-installs the
-        learning entry): any TSval the sender used is a safe anchor for PAWS."""
+    def _anchor(self, flow: FlowKey, windows: anchor.Windows) -> int | None:
+        """The latest in-window TSval the data plane recorded for flow, or the
+        last one found before its entry was reset (a rolled-back hand-over
+        re-installs the learning entry): any TSval the sender used is safe."""
         st = self.target.stats_many([flow]).get(flow)
+        rec = anchor.pick(st.learned, windows) if st is not None else None
         learning = self._learning.get(flow)
-        if st is not None and st.tsval is not None:
+        if rec is not None:
             if learning is not None:
-                learning.tsval = st.tsval
-            return st.tsval
-        return learning.tsval if learning is not None else None
+                learning.anchor = rec.tsval
+            return rec.tsval
+        return learning.anchor if learning is not None else None
+
+    def _cached_anchor(self, flow: FlowKey) -> int | None:
+        with self._lock:
+            learning = self._learning.get(flow)
+            return learning.anchor if learning is not None else None
 
     def offload(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> Splice:
         """The hand-over. On success both sockets are closed without a packet
@@ -513,16 +527,13 @@ class Agent:
                     to_server_hop, to_client_hop = next_hop(s_b.peer[0]), next_hop(s_a.peer[0])
                 except NoRoute as exc:
                     raise refusal.NoRoute(str(exc)) from None
+                tsvals: tuple[int | None, int | None] = (None, None)
                 if s_a.info.timestamps:
                     sides = ((a, s_a, pair.from_client), (b, s_b, pair.from_server))
-                    self._await_tsvals(sides, caller.uid)
+                    tsvals = self._anchors(sides, caller.uid)
                 with self._lock:
                     for flow in (pair.from_client, pair.from_server):
                         self._require_free(flow)
-                    tsvals = (
-                        self._learned_tsval(pair.from_client),
-                        self._learned_tsval(pair.from_server),
-                    )
                 # Outside the agent's lock (this flow's lock is held): _commit
                 # takes it for the table changes only.
                 splice, anchors = self._frozen_install(
@@ -534,7 +545,7 @@ class Agent:
                     self._kick(a, b, pair)
                 raise
             if self._lift_hold(pair):
-                self._kick(a, b, pair, anchors)
+                self._kick(a, b, pair, anchors, tsvals)
             return splice
 
     @contextmanager
@@ -587,7 +598,7 @@ class Agent:
         no_queue(sock)
         leave_repair(sock)
         try:
-            prompt_ack(sock, self._learned_tsval(arriving))
+            prompt_ack(sock, self._cached_anchor(arriving))
         except OSError as exc:  # nothing is lost; the sender may wait for its RTO
             log.warning("could not prompt a peer to acknowledge: %s", exc)
         log.warning("%s: a dead agent's hand-over undone; the proxy's socket back", arriving)
@@ -618,7 +629,12 @@ class Agent:
         return held
 
     def _kick(
-        self, a: socket.socket, b: socket.socket, pair: Pair, anchors: Anchors | None = None
+        self,
+        a: socket.socket,
+        b: socket.socket,
+        pair: Pair,
+        anchors: Anchors | None = None,
+        tsvals: tuple[int | None, int | None] | None = None,
     ) -> None:
         """The hold kept the senders' windows shut: make both peers acknowledge
         now (poke.py), through the splice if spliced, else to the proxy's
@@ -626,7 +642,8 @@ class Agent:
         pair is poked as its sockets were read for the entries (anchors): a
         later TS clock could run ahead of the translated peer's TSvals, and the
         peer would drop those by PAWS."""
-        tsvals = (self._learned_tsval(pair.from_client), self._learned_tsval(pair.from_server))
+        if tsvals is None:  # not spliced: echo what was found in window, if anything
+            tsvals = (self._cached_anchor(pair.from_client), self._cached_anchor(pair.from_server))
         for i, (sock, peer_tsval) in enumerate(((a, tsvals[0]), (b, tsvals[1]))):
             try:
                 if anchors is not None:

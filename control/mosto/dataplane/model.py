@@ -18,6 +18,7 @@ from enum import Enum
 from scapy.utils import checksum as ones_complement_checksum  # ~sum, folded
 
 from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.learning import Learned
 
 ETH_HLEN = 14
 VLAN_HLEN = 4
@@ -43,6 +44,7 @@ class Outcome:
     entry: Entry | None = None  # the entry hit, if any
     event_flags: int = 0  # FIN/RST reported to user space
     learned_tsval: int | None = None  # learning entries: the TSval recorded
+    learned: Learned | None = None  # ... with the frame's seq and ack (learning.advance)
 
 
 class _Untranslatable(Exception):
@@ -172,7 +174,10 @@ def splice(frame: bytes, table: Mapping[FlowKey, Entry]) -> Outcome:
         return Outcome(Verdict.PASS, frame, "pass_miss")
     event = frame[l4 + 13] & (TCP_FIN | TCP_RST)
     if entry.learn:
-        return Outcome(Verdict.PASS, frame, "pass_learn", entry, event, _learn(frame, l4, entry))
+        tsval = _learn(frame, l4, entry)
+        seq, ack = struct.unpack_from("!II", frame, l4 + 4)
+        learned = Learned(tsval, seq, ack) if tsval is not None else None
+        return Outcome(Verdict.PASS, frame, "pass_learn", entry, event, tsval, learned)
     try:
         out = _translate(bytearray(frame), entry, l3, l4, ver)
     except _Untranslatable:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.learning import Learned
 
 
 class TargetError(Exception):
@@ -31,6 +32,8 @@ class EntryStats:
     bytes: int  # whole frames as received, Ethernet header included
     last_seen_ns: int  # CLOCK_MONOTONIC (coarse); 0 = never
     tsval: int | None  # learning entries: the sender's latest TSval seen, if any
+    # learning entries: every record of it (one per CPU on XDP), with seq and ack
+    learned: tuple[Learned, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Target(Protocol):
     def stats_many(self, matches: Iterable[FlowKey]) -> dict[FlowKey, EntryStats]:
         """Stats of many entries in as few reads as the target allows; matches
         without an entry are left out."""
+        ...
+
+    def forget_learned(self, match: FlowKey) -> None:
+        """Drops a learning entry's record (the agent found it out of window):
+        the next segment with a timestamp makes a new one. Counts stay."""
         ...
 
     def counters(self) -> dict[str, int]:

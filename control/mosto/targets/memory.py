@@ -8,9 +8,11 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 
 from mosto.dataplane.counters import COUNTERS
 from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.learning import Learned, advance
 from mosto.targets.base import EntryStats, IdAllocator, SpliceEvent, TargetError
 
 
@@ -76,6 +78,11 @@ class MemoryTarget:
         self.reads += 1
         return {m: self._stats[self.table[m][0]] for m in matches if m in self.table}
 
+    def forget_learned(self, match: FlowKey) -> None:
+        found = self.table.get(match)
+        if found is not None:
+            self._stats[found[0]] = replace(self._stats[found[0]], tsval=None, learned=())
+
     def counters(self) -> dict[str, int]:
         return dict.fromkeys(COUNTERS, 0)
 
@@ -91,15 +98,26 @@ class MemoryTarget:
 
     # -- the test's side: what a data plane would do ------------------------
 
-    def hit(self, match: FlowKey, nbytes: int = 100, tsval: int | None = None) -> None:
-        """One frame of match went through (now, on CLOCK_MONOTONIC)."""
+    def hit(
+        self,
+        match: FlowKey,
+        nbytes: int = 100,
+        tsval: int | None = None,
+        seq: int = 0,
+        ack: int = 0,
+    ) -> None:
+        """One frame of match went through (now, on CLOCK_MONOTONIC); with a
+        TSval, recorded as a learning entry would (learning.advance)."""
         entry_id, _ = self.table[match]
         st = self._stats[entry_id]
+        prev = st.learned[-1] if st.learned else None
+        rec = advance(prev, Learned(tsval, seq, ack)) if tsval is not None else prev
         self._stats[entry_id] = EntryStats(
             st.packets + 1,
             st.bytes + nbytes,
             time.monotonic_ns(),
-            tsval if tsval is not None else st.tsval,
+            rec.tsval if rec is not None else None,
+            (rec,) if rec is not None else (),
         )
 
     def fin_rst(self, match: FlowKey, tcp_flags: int) -> None:

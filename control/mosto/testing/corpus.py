@@ -40,7 +40,22 @@ class Case:
     egress_port: int | None = None  # forward only
     event: bool = False  # a FIN/RST event is reported
     learned_tsval: int | None = None  # learning entries: the TSval recorded
+    # Frames sent before packet, on the same entries (learning: what they
+    # recorded); each passes or is dropped as packet is, nothing else checked.
+    prior: list[Packet] = field(default_factory=list)
+    recorded_by: int = -1  # learning: which of prior + [packet] the record is from
     tags: set[str] = field(default_factory=set)
+
+    @property
+    def frames(self) -> list[Packet]:
+        return [*self.prior, self.packet]
+
+    def learned(self) -> tuple[int, int, int] | None:
+        """The record a learning entry must hold at the end: (tsval, seq, ack)."""
+        if self.learned_tsval is None:
+            return None
+        tcp = self.frames[self.recorded_by][TCP]
+        return self.learned_tsval, tcp.seq, tcp.ack
 
     def __post_init__(self) -> None:
         if self.verdict == "forward":
@@ -415,6 +430,41 @@ CASES: list[Case] = [
         counter="pass_learn",
         event=True,
         learned_tsval=7,
+    ),
+    Case(
+        name="learn-not-far-behind",
+        description="a learning entry keeps its record against a frame far behind it in "
+        "sequence space (a blind spoofer's, say): the record only moves forward",
+        prior=[tcp4(seq=1_000_000, options=[NOP, NOP, ("Timestamp", (500, 1))])],
+        packet=tcp4(
+            seq=(1_000_000 - (1 << 30)) % (1 << 32),
+            options=[NOP, NOP, ("Timestamp", (0xFFFF0000, 1))],
+        ),
+        entries=[learning()],
+        verdict="pass",
+        counter="pass_learn",
+        learned_tsval=500,
+        recorded_by=0,
+    ),
+    Case(
+        name="learn-reordered",
+        description="a frame a little behind the record (reordered, retransmitted) replaces it",
+        prior=[tcp4(seq=1_000_000, options=[NOP, NOP, ("Timestamp", (500, 1))])],
+        packet=tcp4(seq=1_000_000 - 1448, options=[NOP, NOP, ("Timestamp", (499, 1))]),
+        entries=[learning()],
+        verdict="pass",
+        counter="pass_learn",
+        learned_tsval=499,
+    ),
+    Case(
+        name="learn-ahead-wraps",
+        description="a frame ahead of the record replaces it, across the 2^32 wrap",
+        prior=[tcp4(seq=(1 << 32) - 100, options=[NOP, NOP, ("Timestamp", (500, 1))])],
+        packet=tcp4(seq=50, ack=9, options=[NOP, NOP, ("Timestamp", (501, 1))]),
+        entries=[learning()],
+        verdict="pass",
+        counter="pass_learn",
+        learned_tsval=501,
     ),
     Case(
         name="miss-other-port",

@@ -157,6 +157,8 @@ def test_digest_decoding():
             (0, 1),
             (0, 1),
             (0, 32),
+            (0, 32),
+            (0, 32),
         )
     )
     assert fin.key == FlowKey(
@@ -174,10 +176,13 @@ def test_digest_decoding():
             (1, 1),
             (1, 1),
             (0xDEADBEEF, 32),
+            (0xFFFFFFF0, 32),
+            (7, 32),
         )
     )
     assert str(learned.key.src) == "::1"
     assert (learned.fin_rst, learned.learning, learned.tsval) == (False, True, 0xDEADBEEF)
+    assert (learned.seq, learned.ack) == (0xFFFFFFF0, 7)
 
 
 def test_idle_timeout_only_when_asked():

@@ -11,6 +11,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from mosto.dataplane.entry import parse_entry
+from mosto.dataplane.learning import advance
 from mosto.dataplane.model import Verdict, splice
 from mosto.testing.corpus import CASES, Case, install_docs
 from mosto.testing.pktdiff import checksums_verify, explain_mismatch
@@ -20,11 +21,23 @@ from mosto.testing.pktdiff import checksums_verify, explain_mismatch
 def test_model_fixture(case: Case):
     frame = bytes(case.packet)
     entries = [parse_entry(d) for d in install_docs(case, {0: 1, 1: 2})]
-    outcome = splice(frame, {e.match: e for e in entries})
+    table = {e.match: e for e in entries}
+    record = None
+    for prior in case.prior:
+        seen = splice(bytes(prior), table)
+        assert (seen.verdict, seen.counter) == (Verdict(case.verdict), case.counter)
+        if seen.learned is not None:
+            record = advance(record, seen.learned)
+    outcome = splice(frame, table)
     assert outcome.verdict == Verdict(case.verdict)
     assert outcome.counter == case.counter
     assert bool(outcome.event_flags) == case.event
-    assert outcome.learned_tsval == case.learned_tsval
+    if not case.prior:
+        assert outcome.learned_tsval == case.learned_tsval
+    if outcome.learned is not None:
+        record = advance(record, outcome.learned)
+    want = case.learned()
+    assert ((record.tsval, record.seq, record.ack) if record else None) == want
     if case.verdict == "forward":
         want = bytes(case.expected)
         assert outcome.frame == want, explain_mismatch(want, outcome.frame)

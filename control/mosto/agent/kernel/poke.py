@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from dataclasses import dataclass
 
 from scapy.utils import checksum  # the Internet checksum (RFC 1071)
 
@@ -33,12 +34,30 @@ NOP, TCPOPT_TIMESTAMP, TCPOLEN_TIMESTAMP = 1, 8, 10
 PAYLOAD = b"\0"  # the repeated byte: the peer has it already and discards this copy
 
 
+@dataclass(frozen=True)
+class RepairWindow:
+    """struct tcp_repair_window, in bytes: what the peer offered (snd_wnd, and
+    the largest it ever did: max_window) and what we offered (rcv_wnd at rcv_wup)."""
+
+    snd_wl1: int
+    snd_wnd: int
+    max_window: int
+    rcv_wnd: int
+    rcv_wup: int
+
+
+def repair_window(sock: socket.socket) -> RepairWindow:
+    """The socket's windows; it must be in repair mode."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, _REPAIR_WINDOW.size)
+    return RepairWindow(*_REPAIR_WINDOW.unpack(raw))
+
+
 def receive_window(sock: socket.socket, state: TcpState) -> int:
     """The window field the socket would advertise now (in repair mode): what is
     left of the window it last offered, in its own scale. Never less than it
     offered: shrinking a window is what RFC 9293 asks a receiver not to do."""
-    raw = sock.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, _REPAIR_WINDOW.size)
-    _, _, _, rcv_wnd, rcv_wup = _REPAIR_WINDOW.unpack(raw)
+    w = repair_window(sock)
+    rcv_wnd, rcv_wup = w.rcv_wnd, w.rcv_wup
     assert state.rcv_nxt is not None
     left = (rcv_wup + rcv_wnd - state.rcv_nxt) % U32
     if left >= U32 // 2:  # the right edge is behind rcv_nxt: nothing is left

@@ -236,6 +236,8 @@ class Digest:
     tcp_flags: int
     learning: bool
     tsval: int | None  # learning: the TSval of a well-formed header, if it has one
+    seq: int = 0  # the frame's seq and ack
+    ack: int = 0
 
     @property
     def fin_rst(self) -> bool:
@@ -244,8 +246,8 @@ class Digest:
 
 def decode_digest(data: p4data_pb2.P4Data) -> Digest:
     """The members of splice_event_t, in the order p4src/include/headers.p4 declares them."""
-    family, src, dst, sport, dport, flags, learning, has_tsval, tsval = (
+    family, src, dst, sport, dport, flags, learning, has_tsval, tsval, seq, ack = (
         decode_uint(m.bitstring) for m in data.struct.members
     )
     key = FlowKey(_addr_of(family, src), _addr_of(family, dst), sport, dport)
-    return Digest(key, flags, bool(learning), tsval if has_tsval else None)
+    return Digest(key, flags, bool(learning), tsval if has_tsval else None, seq, ack)

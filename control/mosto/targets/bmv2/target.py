@@ -22,6 +22,7 @@ from p4.v1 import p4runtime_pb2
 from mosto.dataplane import contract
 from mosto.dataplane.counters import COUNTERS
 from mosto.dataplane.entry import Entry, EntryError, FlowKey
+from mosto.dataplane.learning import Learned, advance
 from mosto.targets.base import EntryStats, IdAllocator, SpliceEvent, TableFull, TargetError
 from mosto.targets.bmv2 import encoding as enc
 from mosto.targets.bmv2.p4runtime import P4RuntimeClient, P4RuntimeError, update
@@ -122,7 +123,7 @@ class Bmv2Target:
             self._enable_digest()
             self._ids = {match: entry_id for entry_id, match in self._raw_ids()}
             self._alloc = IdAllocator(MAX_ENTRIES, self._ids.values())
-            self._learned: dict[FlowKey, int] = {}
+            self._learned: dict[FlowKey, Learned] = {}
             self._learn_reports: dict[FlowKey, int] = {}
             self.fin_rst_events: deque[SpliceEvent] = deque()
             self.idle_events: deque[IdleTimeoutRecord] = deque()
@@ -294,7 +295,7 @@ class Bmv2Target:
             for row in self._splice_rows(te):
                 last_seen = time.monotonic_ns() - row.time_since_last_hit.elapsed_ns
         self.pump()
-        return EntryStats(data.packet_count, data.byte_count, last_seen, self._learned.get(match))
+        return self._stats(match, data.packet_count, data.byte_count, last_seen)
 
     @_serialised
     def stats_many(self, matches: Iterable[FlowKey]) -> dict[FlowKey, EntryStats]:
@@ -317,11 +318,20 @@ class Bmv2Target:
             if match in wanted:
                 data = item.direct_counter_entry.data
                 last_seen = seen.get(match, 0) if data.packet_count else 0
-                out[match] = EntryStats(
-                    data.packet_count, data.byte_count, last_seen, self._learned.get(match)
-                )
+                out[match] = self._stats(match, data.packet_count, data.byte_count, last_seen)
         self.pump()
         return out
+
+    def _stats(self, match: FlowKey, packets: int, nbytes: int, last_seen: int) -> EntryStats:
+        rec = self._learned.get(match)
+        return EntryStats(
+            packets, nbytes, last_seen, rec.tsval if rec else None, (rec,) if rec else ()
+        )
+
+    @_serialised
+    def forget_learned(self, match: FlowKey) -> None:
+        self.pump()  # what is reported by now goes too
+        self._learned.pop(match, None)
 
     @_serialised
     def learn_reports(self, match: FlowKey) -> int:
@@ -377,8 +387,10 @@ class Bmv2Target:
                 d = enc.decode_digest(data)
                 if d.learning:
                     self._learn_reports[d.key] = self._learn_reports.get(d.key, 0) + 1
-                    if d.tsval is not None:
-                        self._learned[d.key] = d.tsval
+                    if d.tsval is not None:  # the XDP program's learn_tsval()
+                        rec = advance(self._learned.get(d.key), Learned(d.tsval, d.seq, d.ack))
+                        if rec is not None:
+                            self._learned[d.key] = rec
                 if d.fin_rst:
                     entry_id = self.entry_id(d.key)
                     self.fin_rst_events.append(

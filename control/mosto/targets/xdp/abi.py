@@ -60,6 +60,8 @@ class SpliceStats(ctypes.Structure):
         ("last_seen_ns", ctypes.c_uint64),
         ("last_tsval", ctypes.c_uint32),
         ("has_tsval", ctypes.c_uint32),
+        ("learn_seq", ctypes.c_uint32),
+        ("learn_ack", ctypes.c_uint32),
     ]
 
 

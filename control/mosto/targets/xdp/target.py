@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mosto.dataplane.counters import COUNTERS
 from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.learning import Learned
 from mosto.targets.base import EntryStats, IdAllocator, SpliceEvent, TableFull, TargetError
 from mosto.targets.xdp import abi, libbpf
 from mosto.targets.xdp.bpffs import BpffsError, ensure_bpffs
@@ -309,6 +310,19 @@ class XdpTarget:
         zeros = (abi.SpliceStats * self._ncpus)()
         libbpf.map_update(self._fds["mosto_stats"], ctypes.c_uint32(entry_id), zeros)
 
+    def forget_learned(self, match: FlowKey) -> None:
+        entry_id = self.entry_id(match)
+        if entry_id is None:
+            return
+        per_cpu = (abi.SpliceStats * self._ncpus)()
+        fd = self._fds["mosto_stats"]
+        libbpf.map_lookup(fd, ctypes.c_uint32(entry_id), per_cpu)
+        # Read and written back while the program may count a frame in between:
+        # a count lost at worst, never a record kept.
+        for s in per_cpu:
+            s.has_tsval = s.last_tsval = s.learn_seq = s.learn_ack = 0
+        libbpf.map_update(fd, ctypes.c_uint32(entry_id), per_cpu)
+
     def stats(self, match: FlowKey) -> EntryStats:
         entry_id = self.entry_id(match)
         if entry_id is None:
@@ -327,13 +341,14 @@ class XdpTarget:
         per_cpu = (abi.SpliceStats * self._ncpus)()
         libbpf.map_lookup(self._fds["mosto_stats"], ctypes.c_uint32(entry_id), per_cpu)
         # Any TSval the sender used is a safe anchor; take the most recent CPU's.
-        learned = [s for s in per_cpu if s.has_tsval]
-        latest = max(learned, key=lambda s: s.last_seen_ns) if learned else None
+        learned = sorted((s for s in per_cpu if s.has_tsval), key=lambda s: s.last_seen_ns)
         return EntryStats(
             packets=sum(s.packets for s in per_cpu),
             bytes=sum(s.bytes for s in per_cpu),
             last_seen_ns=max(s.last_seen_ns for s in per_cpu),
-            tsval=latest.last_tsval if latest else None,
+            tsval=learned[-1].last_tsval if learned else None,
+            # Each CPU's record moved forward on its own: the agent checks each.
+            learned=tuple(Learned(s.last_tsval, s.learn_seq, s.learn_ack) for s in learned),
         )
 
     def counters(self) -> dict[str, int]:
