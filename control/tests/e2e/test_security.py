@@ -522,3 +522,113 @@ def test_holds_go_when_the_agent_stops_and_a_restart_clears_a_dead_agents(stack,
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+# -- issue 10, item 9: a spoofed TSval must not become the hand-over's anchor ----
+
+TSVAL_PORT = 8690
+FAR_AHEAD = 1 << 30  # ahead of the peer's clock: every later TSval looks old (PAWS)
+
+
+def _paws(ns) -> int:
+    return json.loads(ns.sh("nstat", "-az", "-j").stdout)["kernel"]["TcpExtPAWSEstab"]
+
+
+def _established(ns, filt: str) -> set[tuple[str, str]]:
+    out = ns.sh("ss", "-Htn", "state", "established", filt).stdout
+    return {tuple(line.split()[-2:]) for line in out.splitlines()}  # (local, peer)
+
+
+def _spray(ns, src: str, dst: str, tsval: int, seconds: float) -> subprocess.Popen:
+    """attacker.py tsval-spray from a peer host: uid 65534, CAP_NET_RAW only."""
+    cmd = [
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        "--inh-caps=-all,+net_raw",
+        "--ambient-caps=+net_raw",
+        *_attack_cmd_no_agent(),
+        "tsval-spray",
+        "--src",
+        src,
+        "--dst",
+        dst,
+        "--tsval",
+        str(tsval),
+        "--seconds",
+        str(seconds),
+    ]
+    return ns.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _flow(src: str, dst: str):
+    """The flow direction src -> dst, from ss's host:port texts."""
+    import ipaddress
+
+    from mosto.dataplane.entry import FlowKey
+
+    (sh, sp), (dh, dp) = (text.rsplit(":", 1) for text in (src, dst))
+    return FlowKey(ipaddress.ip_address(sh), ipaddress.ip_address(dh), int(sp), int(dp))
+
+
+def _attack_cmd_no_agent() -> list[str]:
+    return [str(BIN / "python"), str(ATTACKER), "--socket", "-"]
+
+
+def test_spoofed_far_future_tsvals_do_not_poison_the_handover(stack):
+    """A registered, quiet flow; from the client's and the server's hosts an
+    off-path attacker (uid 65534 with a raw socket, nothing on the proxy host)
+    sprays segments of the flow with random seq/ack and a TSval 2^30 ahead of
+    the peer's clock (the worst case for PAWS: a spoofer who guessed the
+    clock); the data plane records them. The hand-over must still anchor on
+    the peers' real TSvals: the data then cross the splice intact and neither
+    end host drops a segment by PAWS."""
+    from mosto.targets.xdp.target import XdpTarget
+
+    topo = stack.topo
+    before_up = _established(topo.proxy, f"( dport = :{SERVER_PORT} )")
+    paws0 = (_paws(topo.client), _paws(topo.server))
+    with stack.proxy(TSVAL_PORT, "--handover-on", "time", "--handover-at", "3") as proxy:
+        box: dict = {}
+        fetch = threading.Thread(
+            target=lambda: box.update(stack.fetch(proxy, "16M", "--quiet-first", "5"))
+        )
+        fetch.start()
+        try:
+            down = wait_for(
+                lambda: _established(topo.proxy, f"( sport = :{TSVAL_PORT} )"), 5, "the client"
+            )
+            up = wait_for(
+                lambda: _established(topo.proxy, f"( dport = :{SERVER_PORT} )") - before_up,
+                5,
+                "the upstream connection",
+            )
+            (p_local, client), (u_local, server) = next(iter(down)), next(iter(up))
+            flows = [
+                (topo.client, client, p_local, _flow(client, p_local)),
+                (topo.server, server, u_local, _flow(server, u_local)),
+            ]
+            with XdpTarget(pin_dir=topo.pin_dir, load=False) as dp:
+                real = [
+                    wait_for(lambda f=f: dp.stats(f).tsval, 3, "a learned TSval") for *_, f in flows
+                ]
+                sprays = [
+                    _spray(ns, src, dst, (tsval + FAR_AHEAD) % (1 << 32), 1.5)
+                    for (ns, src, dst, _), tsval in zip(flows, real, strict=True)
+                ]
+                for p in sprays:
+                    out, err = p.communicate(timeout=30)
+                    assert p.returncode == 0, err
+                    sent = json.loads(out)
+                    assert sent["uid"] == NOBODY and sent["sent"] > 100, sent
+                # The spoofed segments reached the learning entries.
+                for (*_, f), tsval in zip(flows, real, strict=True):
+                    poisoned = (tsval + FAR_AHEAD) % (1 << 32)
+                    assert poisoned in {r.tsval for r in dp.stats(f).learned}
+            wait_for(lambda: proxy.stats["handed_over"] == 1, 10, "the hand-over")
+        finally:
+            fetch.join(timeout=60)
+    assert box.get("ok"), box
+    assert box["sha256"] == box["expected"]
+    assert (_paws(topo.client), _paws(topo.server)) == paws0
