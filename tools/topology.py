@@ -31,6 +31,20 @@ interfaces are set up for XDP in the proxies unless --no-xdp (chain_up says how)
 A delay (ms, one way) "25/40" is 25 toward the server and 40 back; loss and rate
 take the same form, and one value applies to every link.
 In Python: `with chain([LinkSpec(25), LinkSpec(10), LinkSpec(25)]) as ch: ...`
+
+The one-armed form: a proxy with a single interface, on the LAN of both its
+client and its server (a bridge in a switch namespace); the proxy is not
+transparent, so a spliced frame leaves by the interface it came in on
+(XDP_TX, a hairpin):
+
+    client [c0]---[bc]
+                      br0 (NAME-switch) [bp]---[p0] proxy
+    server [s0]---[bs]
+      10.3.0.1 (client), .2 (proxy), .3 (server) /24; fd03::1, ::2, ::3 /64
+
+    tools/topology.py one-armed up [--name arm]
+    tools/topology.py one-armed down [--name arm]
+In Python: `with one_armed() as topo: ...` (a Topology whose proxy interface is p0).
 """
 
 from __future__ import annotations
@@ -73,6 +87,8 @@ class Topology:
     client: Namespace
     proxy: Namespace
     server: Namespace
+    interfaces: tuple[str, ...] = ("pc", "ps")  # the proxy's, where the agent attaches
+    switch: Namespace | None = None  # the one-armed form's bridge
 
     @property
     def pin_dir(self) -> str:
@@ -86,13 +102,12 @@ class Topology:
     def start_agent(
         self, procs: Processes, *extra: str, env: dict[str, str] | None = None
     ) -> subprocess.Popen:
-        """`mosto agent` in the proxy, XDP on its two interfaces, once its socket is up."""
+        """`mosto agent` in the proxy, XDP on its interfaces, once its socket is up."""
         agent = procs.spawn(
             self.proxy,
             mosto(
                 "agent",
-                "pc",
-                "ps",
+                *self.interfaces,
                 "--pin-dir",
                 self.pin_dir,
                 "--socket",
@@ -207,6 +222,75 @@ def topology(prefix: str = "mosto") -> Iterator[Topology]:
         yield topo
     finally:
         down(name)
+
+
+# ---- the one-armed form: one proxy interface toward client and server ----
+
+ARM4 = {"client": "10.3.0.1", "proxy": "10.3.0.2", "server": "10.3.0.3"}
+ARM6 = {"client": "fd03::1", "proxy": "fd03::2", "server": "fd03::3"}
+ARM_MACS = {
+    "client": "02:00:00:00:03:01",
+    "proxy": "02:00:00:00:03:02",
+    "server": "02:00:00:00:03:03",
+}
+# End host interface, its bridge port in the switch namespace.
+ARM_PORTS = {"client": ("c0", "bc"), "proxy": ("p0", "bp"), "server": ("s0", "bs")}
+
+
+def one_armed_up(name: str) -> Topology:
+    """Builds the one-armed form; on any failure removes what it made and raises.
+    Neighbours are static. The bridge ports keep GRO on: a veth whose peer
+    sends XDP_TX or XDP_REDIRECT frames receives them only with GRO (or an
+    XDP program) on (ebpf/README.md, Hairpin). The proxy's p0 and the
+    bridge's port toward it have tx checksum offload off, so the proxy gets
+    frames with finished checksums (as in the other forms); client and
+    server keep TSO."""
+    roles = ("client", "proxy", "server")
+    topo = Topology(
+        name,
+        *(create(f"{name}-{role}") for role in roles),
+        interfaces=("p0",),
+        switch=create(f"{name}-switch"),
+    )
+    assert topo.switch is not None
+    sw = topo.switch
+    try:
+        sw.quiet()
+        sw.sh("ip", "link", "add", "br0", "type", "bridge")
+        sw.sh("ip", "link", "set", "br0", "up")
+        for role in roles:
+            ns, (ifname, port) = getattr(topo, role), ARM_PORTS[role]
+            veth(ns, ifname, sw, port, ARM_MACS[role])
+            sw.sh("ip", "link", "set", port, "master", "br0")
+            # Toward the proxy, finished checksums: XDP's rewrite cannot
+            # follow a CHECKSUM_PARTIAL frame through XDP_TX.
+            sw.sh("ethtool", "-K", port, *(["tx", "off"] if role == "proxy" else []), "gro", "on")
+            _addr(ns, ifname, f"{ARM4[role]}/24", f"{ARM6[role]}/64")
+            ns.sh("ethtool", "-K", ifname, *(["tx", "off"] if role == "proxy" else []), "gro", "on")
+            for other in roles:
+                if other != role:
+                    for addr in (ARM4[other], ARM6[other]):
+                        _neigh(ns, ifname, addr, ARM_MACS[other])
+        subprocess.run(["mkdir", "-p", f"/run/{name}"], check=True)
+    except BaseException:
+        one_armed_down(name)
+        raise
+    return topo
+
+
+def one_armed_down(name: str) -> None:
+    remove(f"{name}-switch")
+    down(name)
+
+
+@contextlib.contextmanager
+def one_armed(prefix: str = "arm") -> Iterator[Topology]:
+    name = f"{prefix}{uuid.uuid4().hex[:4]}"
+    topo = one_armed_up(name)
+    try:
+        yield topo
+    finally:
+        one_armed_down(name)
 
 
 # ---- the chain form: a WAN of proxies ----
@@ -600,8 +684,17 @@ def main() -> int:
     c.add_argument(
         "--no-xdp", action="store_true", help="TSO on end to end (faster, no XDP in proxies)"
     )
+    a = sub.add_parser("one-armed", help="one proxy interface toward client and server")
+    a.add_argument("arm_action", choices=["up", "down"])
+    a.add_argument("--name", default="arm")
     args = parser.parse_args()
-    if args.action == "up":
+    if args.action == "one-armed":
+        if args.arm_action == "up":
+            topo = one_armed_up(args.name)
+            print(f"namespaces {args.name}-client, -proxy, -server, -switch; proxy interface p0")
+        else:
+            one_armed_down(args.name)
+    elif args.action == "up":
         topo = up(args.name)
         print(
             f"namespaces {topo.client.name}, {topo.proxy.name}, {topo.server.name}; "

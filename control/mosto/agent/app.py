@@ -18,6 +18,7 @@ from mosto.agent.kernel.hold import HoldError, Holds
 from mosto.agent.kernel.repairlog import RepairLog
 from mosto.agent.kernel.tcpstate import probe_repair
 from mosto.agent.server import AgentServer, Limits
+from mosto.agent.txerrors import TxErrors
 from mosto.targets.base import Target, TargetError
 
 log = logging.getLogger("mosto.agent")
@@ -53,10 +54,45 @@ class AgentConfig:
     quotas: Quotas = field(default_factory=Quotas)
 
 
-def open_target(cfg: AgentConfig) -> tuple[Target, dict[str, int] | None]:
-    """The data plane, and (for a switch) the port of each host interface."""
+@dataclass
+class Opened:
+    """The data plane, and what the agent must know about its interfaces."""
+
+    target: Target
+    port_map: dict[str, int] | None = None  # a switch's port for each host interface
+    no_hairpin: set[str] = field(default_factory=set)  # XDP_TX through these stalls
+    watched: list[str] = field(default_factory=list)  # their xdp_tx_errors are watched
+
+
+def _xdp_mode(ifname: str, mode: str, one_armed: bool) -> str:
+    """The XDP mode for ifname. A one-armed proxy's splices all leave by the
+    interface they came in on (XDP_TX), and native XDP_TX on veth stalls the
+    peer's receive ring on this kernel (ebpf/README.md, Hairpin): on veth such
+    an interface gets generic mode, which sends through the peer's stack."""
+    from mosto.targets.xdp.target import is_veth
+
+    if not one_armed or mode == "generic" or not is_veth(ifname):
+        return mode
+    log.log(
+        logging.WARNING if mode == "native" else logging.INFO,
+        "%s: one-armed on veth, every splice hairpins (XDP_TX); native XDP_TX on veth "
+        "stalls: generic mode%s",
+        ifname,
+        " (native was asked for)" if mode == "native" else "",
+    )
+    return "generic"
+
+
+def open_target(cfg: AgentConfig) -> Opened:
+    """The data plane, and what the agent must know about its interfaces."""
     if cfg.target == "xdp":
-        from mosto.targets.xdp.target import HOOKS, XdpTarget, default_hook, require_interfaces
+        from mosto.targets.xdp.target import (
+            HOOKS,
+            XdpTarget,
+            default_hook,
+            is_veth,
+            require_interfaces,
+        )
 
         if cfg.ports:
             raise ConfigError("--port is for --target bmv2")
@@ -70,13 +106,21 @@ def open_target(cfg: AgentConfig) -> tuple[Target, dict[str, int] | None]:
         # One set of maps; the other hook's object, if needed, shares them.
         first = next(iter(hooks.values()), "xdp" if cfg.hook == "auto" else cfg.hook)
         xdp = XdpTarget(pin_dir=cfg.pin_dir, hook=first)
+        opened = Opened(xdp)
         for ifname, hook in hooks.items():
-            how = xdp.attach(ifname, cfg.mode, hook=hook)
+            mode = _xdp_mode(ifname, cfg.mode, len(hooks) == 1) if hook == "xdp" else cfg.mode
+            how = xdp.attach(ifname, mode, hook=hook)
             if hook == "tc":
                 log.info("attached to %s: tc (clsact ingress)", ifname)
-            else:
-                log.info("attached to %s: XDP (%s)", ifname, how)
-        return xdp, None
+                continue
+            log.info("attached to %s: XDP (%s)", ifname, how)
+            opened.watched.append(ifname)
+            if how == "native" and is_veth(ifname):
+                opened.no_hairpin.add(ifname)
+                log.info(
+                    "%s: native XDP on veth: splices that would hairpin here are refused", ifname
+                )
+        return opened
     from mosto.targets.bmv2.target import Bmv2Target
 
     if cfg.interfaces:
@@ -95,7 +139,7 @@ def open_target(cfg: AgentConfig) -> tuple[Target, dict[str, int] | None]:
         idle_timeout_ns=int(cfg.idle_timeout * 1e9),
     )
     log.info("BMv2 at %s, device %d; ports %s", cfg.grpc_addr, cfg.device_id, cfg.ports)
-    return switch, dict(cfg.ports)
+    return Opened(switch, dict(cfg.ports))
 
 
 def _serve_metrics(agent: Agent, where: str) -> None:
@@ -134,13 +178,21 @@ def run(cfg: AgentConfig) -> int:
     try:
         sockdir.prepare(cfg.socket)  # before anything is attached
         sockdir.lock(cfg.socket)  # kept until the agent exits
-        target, port_map = open_target(cfg)
+        opened = open_target(cfg)
         # The kernel ends a hold a little after the agent would: only if none is there.
         holds = Holds(backstop_s=math.ceil(cfg.hold_timeout) + 2) if cfg.hold else None
     except (TargetError, HoldError, sockdir.UnsafeDirectory) as exc:
         raise ConfigError(str(exc)) from None
     _raise_fd_limit()
-    agent = Agent(target, holds, idle_timeout=cfg.idle_timeout, grace=cfg.grace, port_map=port_map)
+    agent = Agent(
+        opened.target,
+        holds,
+        idle_timeout=cfg.idle_timeout,
+        grace=cfg.grace,
+        port_map=opened.port_map,
+    )
+    agent.no_hairpin = opened.no_hairpin
+    agent.tx_errors = TxErrors(opened.watched)
     agent.quotas = cfg.quotas
     agent.hold_timeout = cfg.hold_timeout
     agent.repairlog = RepairLog.beside(cfg.socket)

@@ -37,6 +37,7 @@ from mosto.agent.kernel.tcpstate import (
     read_state,
 )
 from mosto.agent.trust import TRUSTED, Caller
+from mosto.agent.txerrors import TxErrors
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.targets.base import EventReader, SpliceEvent, TableFull, Target
 from mosto.wire import refusal
@@ -151,6 +152,9 @@ class Agent:
         self._by_match: dict[FlowKey, Splice] = {}  # both matches of every splice
         self._learning: dict[FlowKey, Learning] = {}
         self._watchers: list[tuple[Any, int | None]] = []
+        # Interfaces a splice must not hairpin through (native XDP on veth, app.py)
+        self.no_hairpin: set[str] = set()
+        self.tx_errors: TxErrors | None = None  # the XDP interfaces' xdp_tx_errors
         self.results: Counter[str] = Counter()  # hand-overs by outcome
         self.latencies: list[float] = []  # seconds, successful hand-overs
         self._last_id = 0
@@ -530,6 +534,12 @@ class Agent:
                     to_server_hop, to_client_hop = next_hop(s_b.peer[0]), next_hop(s_a.peer[0])
                 except NoRoute as exc:
                     raise refusal.NoRoute(str(exc)) from None
+                hairpin = to_server_hop.ifname == to_client_hop.ifname
+                if hairpin and to_server_hop.ifname in self.no_hairpin:
+                    raise refusal.HairpinUnsafe(
+                        f"client and server are both reached through {to_server_hop.ifname}, "
+                        "native XDP on veth, where XDP_TX stalls: attach it generic or tc"
+                    )
                 tsvals: tuple[int | None, int | None] = (None, None)
                 if s_a.info.timestamps:
                     sides = ((a, s_a, pair.from_client), (b, s_b, pair.from_server))
@@ -891,7 +901,10 @@ class Agent:
     def reap(self, scan_idle: bool = True) -> None:
         """Removes ended splices after their grace period and, with scan_idle,
         idle splices and learning entries. The stats are read in one batch,
-        outside the lock: requests never wait for a read of the whole table."""
+        outside the lock: requests never wait for a read of the whole table.
+        The XDP interfaces' xdp_tx_errors are checked too."""
+        if self.tx_errors is not None:
+            self.tx_errors.check()
         now = time.monotonic()
         with self._lock:
             splices = list(self._splices.values())

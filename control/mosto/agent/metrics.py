@@ -44,3 +44,12 @@ class AgentCollector(Collector):
                 if s[direction]:
                     per_splice.add_metric([str(s["id"]), direction], s[direction]["bytes"])
         yield per_splice
+        if self.agent.tx_errors is not None:
+            tx = CounterMetricFamily(
+                "mosto_xdp_tx_errors",
+                "XDP_TX frames the driver could not send (ethtool -S), per interface",
+                labels=["interface"],
+            )
+            for ifname, n in self.agent.tx_errors.snapshot().items():
+                tx.add_metric([ifname], n)
+            yield tx

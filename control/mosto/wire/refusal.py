@@ -31,6 +31,9 @@ TimestampsUnknown = _reason(
     "timestamps_unknown", "A peer's TSval was never seen: register the flow first."
 )
 NoRoute = _reason("no_route", "No route or neighbour entry towards a peer.")
+HairpinUnsafe = _reason(
+    "hairpin_unsafe", "Both peers are reached through an interface where XDP_TX would stall."
+)
 TableFull = _reason("table_full", "The data plane's splice table is full.")
 StateMoved = _reason("state_moved", "A socket's state changed during the hand-over.")
 AlreadySpliced = _reason("already_spliced", "An entry for this flow exists already.")
@@ -58,6 +61,7 @@ REASONS: dict[str, type[Refused]] = {
         OptionsIncompatible,
         TimestampsUnknown,
         NoRoute,
+        HairpinUnsafe,
         TableFull,
         StateMoved,
         AlreadySpliced,

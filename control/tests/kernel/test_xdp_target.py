@@ -325,7 +325,7 @@ def test_agent_picks_the_hook_per_interface_and_says_so(veth, pin_dir, caplog):
 
     caplog.set_level(logging.INFO, logger="mosto.agent")
     cfg = AgentConfig(socket="/nonexistent", interfaces=[veth], pin_dir=pin_dir)
-    target, _ = open_target(cfg)
+    target = open_target(cfg).target
     try:
         assert XdpTarget.attached_tc(veth) != 0
         assert libbpf.xdp_query_id(socket.if_nametoindex(veth), libbpf.XDP_FLAGS_DRV_MODE) == 0
@@ -333,11 +333,50 @@ def test_agent_picks_the_hook_per_interface_and_says_so(veth, pin_dir, caplog):
     finally:
         XdpTarget.detach(veth, "tc")
         target.close()
+    # One interface is a one-armed proxy: every splice hairpins, and XDP_TX
+    # stalls in native mode on veth (ebpf/README.md, Hairpin).
     cfg = AgentConfig(socket="/nonexistent", interfaces=[veth], pin_dir=pin_dir, hook="xdp")
-    target, _ = open_target(cfg)
+    opened = open_target(cfg)
     try:
-        assert f"attached to {veth}: XDP (native)" in caplog.text
+        assert f"attached to {veth}: XDP (generic)" in caplog.text
+        assert "one-armed on veth" in caplog.text
         assert XdpTarget.attached_tc(veth) == 0
+        assert opened.no_hairpin == set() and opened.watched == [veth]
     finally:
         XdpTarget.detach(veth)
-        target.close()
+        opened.target.close()
+
+
+@pytest.fixture
+def veth_pair_two():
+    """Two veth pairs: an agent's two interfaces."""
+    names = [f"mhp{uuid.uuid4().hex[:5]}" for _ in range(2)]
+    with IPRoute() as ipr:
+        for name in names:
+            ipr.link("add", ifname=name, kind="veth", peer=name + "p")
+            for n in (name, name + "p"):
+                ipr.link("set", index=ipr.link_lookup(ifname=n)[0], state="up")
+        yield names
+        for name in names:
+            ipr.link("del", index=ipr.link_lookup(ifname=name)[0])
+
+
+def test_two_armed_native_xdp_on_veth_marks_its_interfaces_no_hairpin(veth_pair_two, pin_dir):
+    from mosto.agent.app import AgentConfig, open_target
+    from mosto.targets.xdp.ethtool import xdp_tx_errors
+
+    cfg = AgentConfig(
+        socket="/nonexistent", interfaces=veth_pair_two, pin_dir=pin_dir, hook="xdp", mode="native"
+    )
+    opened = open_target(cfg)
+    try:
+        for name in veth_pair_two:
+            ifindex = socket.if_nametoindex(name)
+            assert libbpf.xdp_query_id(ifindex, libbpf.XDP_FLAGS_DRV_MODE) != 0
+            assert xdp_tx_errors(name) == 0  # veth reports it per queue
+        assert opened.no_hairpin == set(veth_pair_two)
+        assert opened.watched == veth_pair_two
+    finally:
+        for name in veth_pair_two:
+            XdpTarget.detach(name)
+        opened.target.close()
