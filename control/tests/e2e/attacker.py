@@ -291,8 +291,16 @@ def md5(args) -> dict:
 
 def race(args) -> dict:
     """Many requests at once on one pair: an ok offload must find both sockets
-    closed and out of repair mode the moment it is answered."""
-    a, b = pair_to(args.server)
+    closed and out of repair mode the moment it is answered. With --client, the
+    first connection goes there: a pair whose peers sit behind one interface
+    would hairpin, which the agent refuses on native XDP on veth."""
+    if args.client:
+        a, b = (
+            socket.create_connection(endpoint(args.client)),
+            socket.create_connection(endpoint(args.server)),
+        )
+    else:
+        a, b = pair_to(args.server)
     ops = ["register", "hold", "unhold", "offload", "register", "offload", "hold", "offload"] * 4
     seen: list[dict] = []
     lock = threading.Lock()
@@ -430,6 +438,7 @@ def main() -> int:
     sub.add_parser("md5")
     x = sub.add_parser("race")
     x.add_argument("--server", required=True)
+    x.add_argument("--client", help="the first connection's peer (default: --server)")
     x = sub.add_parser("tuple")
     x.add_argument("--local", required=True)
     x.add_argument("--peer", required=True)

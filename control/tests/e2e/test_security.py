@@ -18,10 +18,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from processes import BIN, REPO, wait_for
+from processes import BIN, REPO, traffic, wait_for
 from processes import mosto as mosto_cmd
 from stack import SERVER_PORT, Stack
-from topology import SERVER4
+from topology import CLIENT4, SERVER4
 
 import mosto
 
@@ -31,6 +31,7 @@ HOLD_TIMEOUT_S = 2.0
 PER_UID = 100
 ATTACKER = Path(__file__).with_name("attacker.py")
 SERVER = f"{SERVER4}:{SERVER_PORT}"
+CLIENT_SIDE = f"{CLIENT4}:{SERVER_PORT}"
 VICTIM_PORT = 8600
 
 
@@ -293,7 +294,19 @@ def test_tcp_md5_connections_are_not_offloaded(stack):
 
 
 def test_concurrent_requests_on_one_flow_never_answer_ok_before_neutralising(stack):
-    out = attack(stack, "race", "--server", SERVER, uid=VICTIM)["answers"]
+    # A listener on the client's side: one connection through each of the
+    # proxy's interfaces, as a proxy's pair is (not a hairpin, issue 10, 8).
+    client_side = stack.topo.client.popen(
+        traffic("serve", "--listen", f"0.0.0.0:{SERVER_PORT}"), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert client_side.stdout.readline().strip() == "ready"
+        out = attack(stack, "race", "--server", SERVER, "--client", CLIENT_SIDE, uid=VICTIM)[
+            "answers"
+        ]
+    finally:
+        client_side.terminate()
+        client_side.wait()
     ok = [a for a in out if a["op"] == "offload" and a["code"] == "ok"]
     assert len(ok) == 1, sorted((a["op"], a["code"]) for a in out)
     assert ok[0]["repair"] == [0, 0] and ok[0]["state"] == [7, 7], ok  # TCP_CLOSE
