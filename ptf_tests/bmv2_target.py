@@ -8,7 +8,7 @@ import time
 
 from mosto.dataplane.entry import FlowKey
 from mosto.targets.bmv2.target import Bmv2Target
-from targets import PtfTarget, _record
+from targets import PtfTarget, _records
 
 REPORT_TIMEOUT_S = 1.0
 
@@ -23,7 +23,7 @@ class Bmv2PtfTarget(PtfTarget):
         )
         super().__init__(self.sw, [0, 1])  # logical ports are the switch's port numbers
 
-    def learned(self, match: FlowKey) -> tuple[int, int, int] | None:
+    def learned(self, match: FlowKey) -> list[tuple[int, int, int]]:
         """Learned TSvals come as digests: wait until every frame a learning
         entry counted has been reported (a digest may still be on its way)."""
         learning = any(e.learn for _, e in self.sw.entries() if e.match == match)
@@ -31,7 +31,7 @@ class Bmv2PtfTarget(PtfTarget):
         while True:
             st = self.sw.stats(match)
             if not learning:
-                return _record(st)
+                return _records(st)
             if self.sw.learn_reports(match) >= st.packets or time.monotonic() > deadline:
-                return _record(self.sw.stats(match))
+                return _records(self.sw.stats(match))
             time.sleep(0.005)

@@ -34,9 +34,11 @@ class PtfTarget:
     def egress(self, port: int) -> int | str:
         return self._egress[port]
 
-    def learned(self, match: FlowKey) -> tuple[int, int, int] | None:
-        """A learning entry's record, (tsval, seq, ack); the latest one's on XDP."""
-        return _record(self.dp.stats(match))
+    def learned(self, match: FlowKey) -> list[tuple[int, int, int]]:
+        """A learning entry's records, (tsval, seq, ack): one per CPU that saw a
+        frame with a TSval on XDP (frames on a veth land on any CPU), one at most
+        on BMv2."""
+        return _records(self.dp.stats(match))
 
     def events(self, timeout: float) -> list[tuple[FlowKey, int]]:
         deadline = time.monotonic() + timeout
@@ -100,8 +102,5 @@ def open_target(params: dict) -> PtfTarget:
     raise ValueError(f"unknown target {kind!r}: expected xdp, tc or bmv2")
 
 
-def _record(st: EntryStats) -> tuple[int, int, int] | None:
-    if not st.learned:
-        return None
-    rec = st.learned[-1]
-    return rec.tsval, rec.seq, rec.ack
+def _records(st: EntryStats) -> list[tuple[int, int, int]]:
+    return [(r.tsval, r.seq, r.ack) for r in st.learned]
