@@ -293,6 +293,15 @@ def test_tcp_md5_connections_are_not_offloaded(stack):
     assert out["unsigned"] != "tcp_auth", out
 
 
+def test_a_pair_behind_one_native_xdp_veth_is_refused_as_a_hairpin(stack):
+    """Both connections to the server: a splice of them would leave by the
+    interface it arrives on (XDP_TX), which stalls native XDP on veth (issue
+    10, item 8; ebpf/README.md, Hairpin). The agent refuses, the proxy relays."""
+    out = attack(stack, "race", "--server", SERVER, uid=VICTIM)["answers"]
+    offloads = {a["code"] for a in out if a["op"] == "offload"}
+    assert offloads == {"hairpin_unsafe"}, offloads
+
+
 def test_concurrent_requests_on_one_flow_never_answer_ok_before_neutralising(stack):
     # A listener on the client's side: one connection through each of the
     # proxy's interfaces, as a proxy's pair is (not a hairpin, issue 10, 8).
