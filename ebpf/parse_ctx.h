@@ -12,7 +12,7 @@ static __always_inline int parse_view(struct ctx_buff *ctx, struct packet *p)
 	*p = (struct packet){};
 	p->data = ctx_data(ctx);
 	p->data_end = ctx_data_end(ctx);
-	p->vlan_meta = ctx_vlan_meta(ctx);
+	p->meta_tags = ctx_vlan_tags(ctx);
 	return parse_packet(p);
 }
 

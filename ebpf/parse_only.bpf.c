@@ -18,7 +18,7 @@ int mosto_parse_only(struct ctx_buff *ctx)
 
 	ret = parse_ctx(ctx, &p);
 	count(ret == PARSE_OK ? CNT_PASS_MISS : ret);
-	return CTX_PASS;
+	return parse_drops(ret) ? CTX_DROP : CTX_PASS;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

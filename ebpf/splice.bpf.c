@@ -82,7 +82,11 @@ static __always_inline void learn_tsval(const struct packet *p, const struct spl
 	struct tcphdr *tcp = p->tcp;
 	__u32 hdr_len = tcp->doff * 4, tsval, seq = bpf_ntohl(tcp->seq);
 
-	if (!st || tcp->doff < TCP_MIN_DOFF || (void *)tcp + hdr_len > p->data_end)
+	/* Not behind IPv6 extension headers: once spliced, such a flow's segments
+	 * are dropped, so a timestamped one had better not be handed over (no
+	 * TSval: the agent refuses). It also keeps the option walk from being
+	 * verified once per extension-header chain. */
+	if (!st || p->ipv6_ext || tcp->doff < TCP_MIN_DOFF || (void *)tcp + hdr_len > p->data_end)
 		return;
 	if (!learn_moves_forward(st, seq))
 		return;
@@ -184,6 +188,32 @@ static __always_inline int translate(struct ctx_buff *ctx, struct packet *p,
 				  &hdr, &pseudo);
 }
 
+/* A spliced four-tuple's frames come in by the interface that faces its
+ * sender. The same tuple anywhere else is a spoofer (or a routing change):
+ * passed, it would reach the stack, where the agent's reservation socket
+ * for the tuple ACKs in-window data that then goes nowhere, answers the rest
+ * with ACKs of the proxy's old sequence space, and is reset by an in-window
+ * RST (docs/security.md). So it is dropped, and reports no FIN or RST. */
+static __always_inline bool ingress_ok(const struct ctx_buff *ctx, const struct splice_entry *e)
+{
+	return !e->ingress_ifindex || e->ingress_ifindex == ctx_ingress_ifindex(ctx);
+}
+
+/* Frames of a spliced flow that are dropped instead of translated: a first
+ * fragment (the rest of its datagram cannot be translated, and the stack,
+ * which would reassemble it, has no socket), and a segment behind IPv6
+ * extension headers (they were addressed to the proxy's stack, and with a
+ * routing header the TCP checksum covers an address the frame does not
+ * show). Returns the counter, or 0 to translate. */
+static __always_inline int untranslatable_encap(const struct packet *p)
+{
+	if (p->first_fragment)
+		return CNT_DROP_FRAGMENT;
+	if (p->ipv6_ext)
+		return CNT_DROP_IPV6_EXT;
+	return 0;
+}
+
 static __always_inline int forward(struct ctx_buff *ctx, const struct splice_entry *e)
 {
 	int ret;
@@ -208,7 +238,7 @@ int mosto_splice_prog(struct ctx_buff *ctx)
 	ret = parse_ctx(ctx, &p);
 	if (ret != PARSE_OK) {
 		count(ret);
-		return CTX_PASS;
+		return parse_drops(ret) ? CTX_DROP : CTX_PASS;
 	}
 	e = bpf_map_lookup_elem(&mosto_splice, &p.key);
 	if (!e) {
@@ -216,6 +246,10 @@ int mosto_splice_prog(struct ctx_buff *ctx)
 		return CTX_PASS;
 	}
 	st = update_stats(ctx, e);
+	if (!ingress_ok(ctx, e)) {
+		count(CNT_DROP_WRONG_INGRESS);
+		return CTX_DROP;
+	}
 	report_fin_rst(&p, e);
 	if (e->flags & SPLICE_F_LEARN) {
 		learn_tsval(&p, e, st);
@@ -223,7 +257,12 @@ int mosto_splice_prog(struct ctx_buff *ctx)
 		return CTX_PASS;
 	}
 	/* The proxy's socket is gone: if this packet reached the stack, the
-	 * kernel would answer with an RST. Drop what we cannot translate. */
+	 * kernel would answer it. Drop what we cannot translate. */
+	ret = untranslatable_encap(&p);
+	if (ret) {
+		count(ret);
+		return CTX_DROP;
+	}
 	if (translate(ctx, &p, e)) {
 		count(CNT_DROP_BAD_TCP);
 		return CTX_DROP;

@@ -39,6 +39,7 @@ struct splice_entry {
 	__u32 tsval_delta;
 	__u32 tsecr_delta;
 	__u32 egress_ifindex; /* == ingress: XDP_TX, else redirect via mosto_tx_ports */
+	__u32 ingress_ifindex; /* the only interface its frames may come in by; 0: any */
 	__u32 new_saddr[4];   /* SPLICE_F_NAT only, network byte order */
 	__u32 new_daddr[4];
 	__u16 new_sport;

@@ -51,6 +51,11 @@ control MostoIngress(inout headers_t hdr,
         meta.counter = meta.parse_result;
         if (meta.parse_result == PARSE_OK) {
             splice.apply(hdr, meta, standard_metadata);
+        } else if (meta.parse_result == CNT_DROP_FRAGMENT ||
+                   meta.parse_result == CNT_DROP_DEEP_HEADERS) {
+            /* May hide a spliced flow, whose socket the host no longer has. */
+            meta.to_host = false;
+            mark_to_drop(standard_metadata);
         }
         if (meta.to_host) {
             l2_forward.apply();

@@ -39,6 +39,23 @@
 #define MOSTO_EVENTS_BYTES (256 * 1024)
 #endif
 
+/* How deep the parser looks for TCP, the same on every target. A frame whose
+ * headers go on past either bound cannot be told apart from a spliced flow's
+ * and is dropped (drop_deep_headers): the stack would walk further, find the
+ * four-tuple and answer it. VLAN tags (802.1Q or 802.1ad, a tc metadata tag
+ * included): QinQ is two. IPv6 extension headers (hop-by-hop, routing,
+ * fragment, destination options): RFC 8200's full chain without IPsec is
+ * five; their bytes are counted in 8-byte units, as their length fields are. */
+#ifndef MOSTO_VLAN_MAX
+#define MOSTO_VLAN_MAX 2
+#endif
+#ifndef MOSTO_IPV6_EXT_MAX
+#define MOSTO_IPV6_EXT_MAX 6
+#endif
+#ifndef MOSTO_IPV6_EXT_UNITS
+#define MOSTO_IPV6_EXT_UNITS 32
+#endif
+
 /* P4 only: the plain L2 table for frames that are not translated (XDP and tc
  * hand those to the kernel, whose FDB and neighbour tables do this). */
 #ifndef MOSTO_L2_ENTRIES
@@ -76,15 +93,19 @@
 	X(HIT_TX, hit_tx, 0)                 /* translated, back out of the ingress port */ \
 	X(HIT_REDIRECT, hit_redirect, 1)     /* translated, out of another port */          \
 	X(PASS_MISS, pass_miss, 2)           /* TCP, no entry */                            \
-	X(PASS_NOT_IP, pass_not_ip, 3)       /* not IPv4/IPv6 (after at most one tag) */    \
+	X(PASS_NOT_IP, pass_not_ip, 3)       /* not IPv4/IPv6 (after the tags) */            \
 	X(PASS_NOT_TCP, pass_not_tcp, 4)     /* IPv4 protocol / IPv6 next header not TCP */ \
 	X(PASS_TRUNCATED, pass_truncated, 5) /* headers up to the fixed TCP header cut */   \
 	X(PASS_BAD_IP, pass_bad_ip, 6)       /* IPv4 IHL < 5 or version mismatch */         \
-	X(PASS_FRAGMENT, pass_fragment, 7)   /* IPv4 non-first fragment */                  \
+	X(PASS_FRAGMENT, pass_fragment, 7)   /* IPv4/IPv6 non-first fragment */             \
 	X(DROP_BAD_TCP, drop_bad_tcp, 8)     /* spliced flow, TCP header untranslatable */  \
 	X(DROP_NO_EGRESS, drop_no_egress, 9) /* spliced flow, egress not a tx port */       \
 	X(EVENT_LOST, event_lost, 10)        /* event ring full: a FIN/RST not reported */  \
-	X(PASS_LEARN, pass_learn, 11)        /* learning entry: TSval recorded, passed */
+	X(PASS_LEARN, pass_learn, 11)        /* learning entry: TSval recorded, passed */    \
+	X(DROP_WRONG_INGRESS, drop_wrong_ingress, 12) /* spliced flow, not its ingress port */ \
+	X(DROP_FRAGMENT, drop_fragment, 13)  /* spliced flow's first fragment; TCP header split */ \
+	X(DROP_IPV6_EXT, drop_ipv6_ext, 14)  /* spliced flow, TCP behind IPv6 ext. headers */  \
+	X(DROP_DEEP_HEADERS, drop_deep_headers, 15) /* tags or IPv6 ext. headers past the walk */
 
 /* How many there are, counted from the list itself. */
 #define MOSTO_COUNTER_ONE(NAME, name, index) +1

@@ -13,16 +13,11 @@
  *   ctx_nonlinear()          part of the frame is not direct-accessible
  *   ctx_pull_headers()       make the headers direct-accessible
  *   ctx_data(), ctx_data_end(), ctx_len(), ctx_ingress_ifindex()
- *   ctx_vlan_meta()          an 802.1Q tag outside the data (tc only)
+ *   ctx_vlan_tags()          VLAN tags outside the data (tc: the outer one)
  *   ctx_l4_csum_update()     apply the TCP checksum deltas
  */
 #ifndef MOSTO_CTX_H
 #define MOSTO_CTX_H
-
-/* ctx_vlan_meta(): what the context says about a VLAN tag outside the data. */
-#define CTX_VLAN_NONE 0
-#define CTX_VLAN_8021Q 1 /* one 802.1Q tag, taken off the data by the kernel */
-#define CTX_VLAN_OTHER 2 /* another kind (802.1ad): not parsed, as in the data */
 
 #ifdef MOSTO_HOOK_TC
 #include "skb.h"

@@ -26,13 +26,13 @@
 #define CTX_PASS TC_ACT_UNSPEC
 #define CTX_DROP TC_ACT_SHOT
 
-/* The most the program reads: Ethernet, one 802.1Q tag, IPv4 with options
- * (IPv6's fixed header is shorter), TCP with options. IHL and the data
- * offset are 4-bit counts of 32-bit words. */
+/* The most the program reads: Ethernet, MOSTO_VLAN_MAX tags, IPv6 with the
+ * most extension-header bytes it walks (IPv4 with options is shorter), TCP
+ * with options. The data offset is a 4-bit count of 32-bit words. */
 #define CTX_VLAN_HLEN 4
-#define CTX_IP_MAX_HLEN (15 * 4)
+#define CTX_IP_MAX_HLEN (40 + MOSTO_IPV6_EXT_UNITS * 8)
 #define CTX_TCP_MAX_HLEN (15 * 4)
-#define CTX_HDR_MAX (ETH_HLEN + CTX_VLAN_HLEN + CTX_IP_MAX_HLEN + CTX_TCP_MAX_HLEN)
+#define CTX_HDR_MAX (ETH_HLEN + MOSTO_VLAN_MAX * CTX_VLAN_HLEN + CTX_IP_MAX_HLEN + CTX_TCP_MAX_HLEN)
 
 static __always_inline void *ctx_data(const struct __sk_buff *skb)
 {
@@ -77,12 +77,11 @@ static __always_inline __u32 ctx_ingress_ifindex(const struct __sk_buff *skb)
 	return skb->ingress_ifindex;
 }
 
-/* At tc ingress the kernel has already moved the outer tag into metadata. */
-static __always_inline int ctx_vlan_meta(const struct __sk_buff *skb)
+/* At tc ingress the kernel has already moved the outer tag (802.1Q or
+ * 802.1ad) into metadata: it counts as the first of the frame's tags. */
+static __always_inline int ctx_vlan_tags(const struct __sk_buff *skb)
 {
-	if (!skb->vlan_present)
-		return CTX_VLAN_NONE;
-	return skb->vlan_proto == bpf_htons(ETH_P_8021Q) ? CTX_VLAN_8021Q : CTX_VLAN_OTHER;
+	return skb->vlan_present ? 1 : 0;
 }
 
 /* Out of the ingress port (XDP_TX's equivalent); a metadata tag goes along. */

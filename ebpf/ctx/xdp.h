@@ -49,9 +49,9 @@ static __always_inline __u32 ctx_ingress_ifindex(const struct xdp_md *ctx)
 }
 
 /* XDP runs before the kernel takes a tag off: tags are in the data. */
-static __always_inline int ctx_vlan_meta(const struct xdp_md *ctx)
+static __always_inline int ctx_vlan_tags(const struct xdp_md *ctx)
 {
-	return CTX_VLAN_NONE;
+	return 0;
 }
 
 /* Back out of the ingress port. */

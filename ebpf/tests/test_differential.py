@@ -1,6 +1,7 @@
 """Differential test: the XDP and the tc program against the reference model, on random
 frames and entries (random deltas with wrap-around, option mixes, odd payload
-lengths, IPv4/IPv6, VLAN, malformed options, truncated headers).
+lengths, IPv4/IPv6, up to three VLAN tags, fragments, IPv6 extension headers,
+entries tied to an ingress port, malformed options, truncated headers).
 
 Every example must give the same verdict, the same counter and the same bytes,
 and every checksum in a translated frame must verify.
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 
 from mosto.dataplane.contract import TCP_FIN, TCP_RST
-from mosto.dataplane.entry import Entry
 from mosto.dataplane.model import Verdict, splice
 from mosto.testing.frames import scenario
 from mosto.testing.pktdiff import checksums_verify, explain_mismatch
@@ -44,7 +45,13 @@ def test_differential(clean_xdp, ports, hook, verdicts, runnable):
             return
         # The model routes by logical port; XDP by ifindex.
         xdp_entry = (
-            entry if entry.learn else Entry(**{**entry.__dict__, "egress": ports[entry.egress]})
+            entry
+            if entry.learn
+            else replace(
+                entry,
+                egress=ports[entry.egress],
+                ingress=None if entry.ingress is None else ports[entry.ingress],
+            )
         )
         entry_id = clean_xdp.add(xdp_entry)
         clean_xdp.reset_counters()
@@ -97,5 +104,10 @@ def test_differential(clean_xdp, ports, hook, verdicts, runnable):
         "drop_bad_tcp",
         "pass_truncated",
         "pass_not_tcp",
+        "pass_fragment",
+        "drop_wrong_ingress",
+        "drop_fragment",
+        "drop_ipv6_ext",
+        "drop_deep_headers",
     ):
         assert outcomes[counter] > 0, f"no example reached {counter}"

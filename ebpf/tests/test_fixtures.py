@@ -18,14 +18,8 @@ from mosto.testing.pktdiff import explain_mismatch
 
 def expected_verdict(case: Case, verdicts: dict[str, int]) -> int:
     if case.verdict == "forward":
-        return verdicts["tx"] if case.egress_port == 0 else verdicts["redirect"]
+        return verdicts["tx"] if case.hairpin else verdicts["redirect"]
     return verdicts[case.verdict]
-
-
-def expected_counter(case: Case) -> str:
-    if case.counter == "hit":
-        return "hit_tx" if case.egress_port == 0 else "hit_redirect"
-    return case.counter
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
@@ -36,9 +30,13 @@ def test_fixture(clean_xdp, ports, hook, verdicts, case: Case):
     events = []
     with clean_xdp.events(events.append) as ring:
         for prior in case.prior:
-            verdict, _, _ = clean_xdp.test_run(bytes(prior), ingress_ifindex=ports[0], hook=hook)
+            verdict, _, _ = clean_xdp.test_run(
+                bytes(prior), ingress_ifindex=ports[case.ingress_port], hook=hook
+            )
             assert verdict == expected_verdict(case, verdicts), f"{case.description}: prior"
-        verdict, out, _ = clean_xdp.test_run(frame, ingress_ifindex=ports[0], hook=hook)
+        verdict, out, _ = clean_xdp.test_run(
+            frame, ingress_ifindex=ports[case.ingress_port], hook=hook
+        )
         ring.poll(0)
 
     assert verdict == expected_verdict(case, verdicts), f"{case.description}: verdict {verdict}"
@@ -48,11 +46,10 @@ def test_fixture(clean_xdp, ports, hook, verdicts, case: Case):
 
     counters = clean_xdp.counters()
     runs = len(case.frames)
-    assert counters == {name: runs * (name == expected_counter(case)) for name in COUNTERS}
-    hit = case.verdict in ("forward", "drop") or case.counter == "pass_learn"
+    assert counters == {name: runs * (name == case.target_counter) for name in COUNTERS}
     stats = clean_xdp.stats_by_id(ids[0])
     sizes = sum(len(bytes(f)) for f in case.frames)
-    assert (stats.packets, stats.bytes) == ((runs, sizes) if hit else (0, 0))
+    assert (stats.packets, stats.bytes) == ((runs, sizes) if case.hit else (0, 0))
     assert stats.tsval == case.learned_tsval
     # BPF_PROG_TEST_RUN runs on this CPU: one record
     learned = case.learned()

@@ -17,12 +17,18 @@ typedef bit<128> ipv6_addr_t;
 const bit<16> ETHERTYPE_IPV4 = 0x0800;
 const bit<16> ETHERTYPE_IPV6 = 0x86DD;
 const bit<16> ETHERTYPE_VLAN = 0x8100;
+const bit<16> ETHERTYPE_QINQ = 0x88A8; /* 802.1ad */
 const bit<8> IPPROTO_TCP = 6;
+const bit<8> IPPROTO_HOPOPTS = 0;
+const bit<8> IPPROTO_ROUTING = 43;
+const bit<8> IPPROTO_FRAGMENT = 44;
+const bit<8> IPPROTO_DSTOPTS = 60;
 
 const bit<32> ETH_HLEN = 14;
 const bit<32> VLAN_HLEN = 4;
 const bit<32> IPV4_MIN_HLEN = 20;
 const bit<32> IPV6_HLEN = 40;
+const bit<32> IPV6_EXT_UNIT = 8; /* extension header lengths count 8-byte units */
 const bit<32> TCP_MIN_HLEN = 20;
 const bit<4> IPV4_MIN_IHL = 5;
 const bit<4> TCP_MIN_DOFF = 5;
@@ -77,6 +83,12 @@ header ipv4_h {
 /* IHL 6..15: up to 40 bytes of options, carried through untouched. */
 header ipv4_options_h {
     varbit<320> data;
+}
+
+/* IPv6 extension headers, carried through in 8-byte units (their length
+ * fields count those); the parser reads each header's first unit ahead. */
+header ipv6_ext_unit_h {
+    bit<64> data;
 }
 
 header ipv6_h {
@@ -137,10 +149,11 @@ header tcp_sack_block_h {
 
 struct headers_t {
     ethernet_h ethernet;
-    vlan_tag_h vlan;
+    vlan_tag_h[MOSTO_VLAN_MAX] vlan;
     ipv4_h ipv4;
     ipv4_options_h ipv4_options;
     ipv6_h ipv6;
+    ipv6_ext_unit_h[MOSTO_IPV6_EXT_UNITS] ipv6_ext;
     tcp_h tcp;
     tcp_opt_byte_h[TCP_OPT_MAX_LEN] fill0;
     tcp_opt_ts_h ts_a;
@@ -175,6 +188,8 @@ struct splice_params_t {
     mac_addr_t smac;
     mac_addr_t dmac;
     bit<9> egress_port;
+    bool any_ingress;   /* frames may come in by any port, or only by */
+    bit<9> ingress_port;
 }
 
 /* Reported to the control plane for every FIN or RST of a spliced flow, and
@@ -201,7 +216,18 @@ struct local_metadata_t {
     bool to_host;                 /* not translated: follow the forwarding table */
     bool learning;                /* the entry hit is a learning entry */
     bit<32> frame_left;           /* bytes of the frame after what is parsed */
-    bit<16> ether_type;           /* after the 802.1Q tag, if any */
+    bit<16> ether_type;           /* after the VLAN tags, if any */
+    bit<8> vlan_tags;             /* tags parsed */
+    bool first_fragment;          /* offset 0, more fragments follow */
+    bool ipv6_ext;                /* TCP sits behind IPv6 extension headers */
+
+    /* IPv6 extension-header walk */
+    bit<8> ext_next;   /* the next header */
+    bit<8> ext_walked; /* headers walked */
+    bit<16> ext_units; /* their units */
+    bit<16> ext_span;  /* units of the current one */
+    bit<16> ext_left;  /* units of it still to copy */
+    bit<16> frag_word; /* a fragment header's offset and M */
 
     /* TCP option walk */
     bool tcp_bad;     /* the header cannot be translated (drop on a hit) */

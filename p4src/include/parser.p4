@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The parser: Ethernet, one 802.1Q tag, IPv4 (with options) or IPv6, TCP and
- * its options, exactly as ebpf/parsing.h and ebpf/tcp_opts.h do it.
+ * The parser: Ethernet, up to MOSTO_VLAN_MAX VLAN tags (802.1Q or 802.1ad),
+ * IPv4 (with options) or IPv6 (with up to MOSTO_IPV6_EXT_MAX extension
+ * headers), TCP and its options, exactly as ebpf/parsing.h and
+ * ebpf/tcp_opts.h do it.
  *
  * Every length is checked against standard_metadata.packet_length before a
  * header is extracted, so a short frame never raises PacketTooShort: the
@@ -23,6 +25,9 @@ parser MostoParser(packet_in packet,
         meta.parse_result = PARSE_OK;
         meta.frame_left = standard_metadata.packet_length;
         meta.tcp_bad = false;
+        meta.vlan_tags = 0;
+        meta.first_fragment = false;
+        meta.ipv6_ext = false;
         transition select(meta.frame_left < ETH_HLEN) {
             true: truncated;
             false: parse_ethernet;
@@ -35,22 +40,31 @@ parser MostoParser(packet_in packet,
         meta.ether_type = hdr.ethernet.ether_type;
         transition select(hdr.ethernet.ether_type) {
             ETHERTYPE_VLAN: check_vlan;
+            ETHERTYPE_QINQ: check_vlan;
             default: dispatch_l3;
         }
     }
 
+    /* A tag past MOSTO_VLAN_MAX may hide a spliced flow (the stack strips
+     * any number of priority tags): drop_deep_headers, as parse_eth(). */
     state check_vlan {
-        transition select(meta.frame_left < VLAN_HLEN) {
-            true: truncated;
-            false: parse_vlan;
+        transition select(meta.vlan_tags == MOSTO_VLAN_MAX, meta.frame_left < VLAN_HLEN) {
+            (true, _): deep_headers;
+            (false, true): truncated;
+            (false, false): parse_vlan;
         }
     }
 
     state parse_vlan {
-        packet.extract(hdr.vlan);
+        packet.extract(hdr.vlan.next);
+        meta.vlan_tags = meta.vlan_tags + 1;
         meta.frame_left = meta.frame_left - VLAN_HLEN;
-        meta.ether_type = hdr.vlan.ether_type;
-        transition dispatch_l3;
+        meta.ether_type = hdr.vlan.last.ether_type;
+        transition select(meta.ether_type) {
+            ETHERTYPE_VLAN: check_vlan;
+            ETHERTYPE_QINQ: check_vlan;
+            default: dispatch_l3;
+        }
     }
 
     state dispatch_l3 {
@@ -80,6 +94,7 @@ parser MostoParser(packet_in packet,
     }
 
     state check_ipv4_fragment {
+        meta.first_fragment = hdr.ipv4.flags[0:0] == 1; /* MF */
         transition select(hdr.ipv4.frag_offset) {
             0: check_ipv4_protocol;
             default: fragment;
@@ -109,7 +124,7 @@ parser MostoParser(packet_in packet,
         transition check_tcp;
     }
 
-    /* ---- IPv6: extension headers are not walked ----------------------- */
+    /* ---- IPv6 and its extension headers: parse_ipv6_ext()'s walk ------- */
 
     state check_ipv6 {
         transition select(meta.frame_left < IPV6_HLEN) {
@@ -121,19 +136,110 @@ parser MostoParser(packet_in packet,
     state parse_ipv6 {
         packet.extract(hdr.ipv6);
         meta.frame_left = meta.frame_left - IPV6_HLEN;
-        transition select(hdr.ipv6.version, hdr.ipv6.next_hdr) {
-            (6, IPPROTO_TCP): check_tcp;
-            (6, _): not_tcp;
+        meta.ext_next = hdr.ipv6.next_hdr;
+        meta.ext_walked = 0;
+        meta.ext_units = 0;
+        transition select(hdr.ipv6.version) {
+            6: walk_ipv6_ext;
             default: bad_ip;
+        }
+    }
+
+    state walk_ipv6_ext {
+        transition select(meta.ext_next) {
+            IPPROTO_TCP: check_tcp;
+            IPPROTO_HOPOPTS: check_ipv6_ext;
+            IPPROTO_ROUTING: check_ipv6_ext;
+            IPPROTO_FRAGMENT: check_ipv6_ext;
+            IPPROTO_DSTOPTS: check_ipv6_ext;
+            default: not_tcp; /* AH, ESP, no next header, ... */
+        }
+    }
+
+    state check_ipv6_ext {
+        transition select(meta.ext_walked == MOSTO_IPV6_EXT_MAX, meta.frame_left < IPV6_EXT_UNIT) {
+            (true, _): deep_headers;
+            (false, true): truncated;
+            (false, false): size_ipv6_ext;
+        }
+    }
+
+    state size_ipv6_ext {
+        transition select(meta.ext_next) {
+            IPPROTO_FRAGMENT: size_ipv6_frag;
+            default: size_ipv6_opts;
+        }
+    }
+
+    /* A fragment header is one unit; its second byte is reserved. */
+    state size_ipv6_frag {
+        bit<32> head = packet.lookahead<bit<32>>();
+        meta.ext_span = 1;
+        meta.frag_word = head[15:0];
+        transition check_ipv6_ext_room;
+    }
+
+    state size_ipv6_opts {
+        bit<16> head = packet.lookahead<bit<16>>();
+        meta.ext_span = (bit<16>)head[7:0] + 1;
+        transition check_ipv6_ext_room;
+    }
+
+    state check_ipv6_ext_room {
+        transition select(meta.ext_units + meta.ext_span > MOSTO_IPV6_EXT_UNITS,
+                          meta.frame_left < ((bit<32>)meta.ext_span << 3)) {
+            (true, _): deep_headers;
+            (false, true): truncated;
+            (false, false): check_ipv6_frag;
+        }
+    }
+
+    /* Offset 0 with M is a first fragment; M = 0 an atomic one (RFC 6946):
+     * a whole segment behind a header. */
+    state check_ipv6_frag {
+        transition select(meta.ext_next, meta.frag_word[15:3], meta.frag_word[0:0]) {
+            (IPPROTO_FRAGMENT, 0, 1): first_ipv6_fragment;
+            (IPPROTO_FRAGMENT, 0, 0): copy_ipv6_ext;
+            (IPPROTO_FRAGMENT, _, _): fragment;
+            default: copy_ipv6_ext;
+        }
+    }
+
+    state first_ipv6_fragment {
+        meta.first_fragment = true;
+        transition copy_ipv6_ext;
+    }
+
+    state copy_ipv6_ext {
+        bit<16> head = packet.lookahead<bit<16>>();
+        meta.ext_next = head[15:8];
+        meta.ext_walked = meta.ext_walked + 1;
+        meta.ext_units = meta.ext_units + meta.ext_span;
+        meta.ext_left = meta.ext_span;
+        meta.frame_left = meta.frame_left - ((bit<32>)meta.ext_span << 3);
+        meta.ipv6_ext = true;
+        transition copy_ipv6_ext_unit;
+    }
+
+    /* At most MOSTO_IPV6_EXT_UNITS in all: check_ipv6_ext_room saw to it. */
+    state copy_ipv6_ext_unit {
+        packet.extract(hdr.ipv6_ext.next);
+        meta.ext_left = meta.ext_left - 1;
+        transition select(meta.ext_left) {
+            0: walk_ipv6_ext;
+            default: copy_ipv6_ext_unit;
         }
     }
 
     /* ---- TCP ---------------------------------------------------------- */
 
+    /* A first fragment splitting the fixed TCP header (RFC 1858's tiny
+     * fragment) is dropped unmatched: the stack would reassemble it. */
     state check_tcp {
-        transition select(meta.frame_left < TCP_MIN_HLEN) {
-            true: truncated;
-            false: parse_tcp;
+        transition select(meta.frame_left < TCP_MIN_HLEN, meta.first_fragment) {
+            (true, true): tiny_fragment;
+            (true, false): truncated;
+            (false, _): parse_tcp;
         }
     }
 
@@ -343,6 +449,16 @@ parser MostoParser(packet_in packet,
         meta.parse_result = CNT_PASS_FRAGMENT;
         transition accept;
     }
+
+    state tiny_fragment {
+        meta.parse_result = CNT_DROP_FRAGMENT;
+        transition accept;
+    }
+
+    state deep_headers {
+        meta.parse_result = CNT_DROP_DEEP_HEADERS;
+        transition accept;
+    }
 }
 
 control MostoDeparser(packet_out packet, in headers_t hdr) {
@@ -352,6 +468,7 @@ control MostoDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.ipv4);
         packet.emit(hdr.ipv4_options);
         packet.emit(hdr.ipv6);
+        packet.emit(hdr.ipv6_ext);
         packet.emit(hdr.tcp);
         packet.emit(hdr.fill0);
         packet.emit(hdr.ts_a);

@@ -134,7 +134,9 @@ control Splice(inout headers_t hdr,
                   bit<16> new_dst_port,
                   mac_addr_t smac,
                   mac_addr_t dmac,
-                  bit<9> egress_port) {
+                  bit<9> egress_port,
+                  bit<1> any_ingress,
+                  bit<9> ingress_port) {
         meta.splice.seq_delta = seq_delta;
         meta.splice.ack_delta = ack_delta;
         meta.splice.timestamps = timestamps == 1;
@@ -150,6 +152,8 @@ control Splice(inout headers_t hdr,
         meta.splice.smac = smac;
         meta.splice.dmac = dmac;
         meta.splice.egress_port = egress_port;
+        meta.splice.any_ingress = any_ingress == 1;
+        meta.splice.ingress_port = ingress_port;
     }
 
     /* The proxy still owns the flow: report the sender's TSval, pass. */
@@ -209,11 +213,22 @@ control Splice(inout headers_t hdr,
             return;
         }
 
+        /* Not by the port that faces the flow's sender: a spoofer. Passed, the
+         * frame would reach the agent's reservation socket for the tuple
+         * (ingress_ok() in ebpf/splice.bpf.c). No FIN or RST is reported. */
+        if (!meta.learning && !meta.splice.any_ingress &&
+            meta.splice.ingress_port != standard_metadata.ingress_port) {
+            meta.to_host = false;
+            meta.counter = CNT_DROP_WRONG_INGRESS;
+            mark_to_drop(standard_metadata);
+            return;
+        }
+
         /* One digest per frame at most (BMv2 keeps the last one): a FIN or
          * RST, and a learning entry's TSval, share it. */
         bit<1> has_tsval = 0;
         bit<32> tsval = 0;
-        if (meta.learning && !meta.tcp_bad) {
+        if (meta.learning && !meta.tcp_bad && !meta.ipv6_ext) {
             if (hdr.ts_a.isValid()) {
                 has_tsval = 1;
                 tsval = hdr.ts_a.tsval;
@@ -235,7 +250,19 @@ control Splice(inout headers_t hdr,
 
         meta.to_host = false;
         /* The proxy's socket is gone: if this frame reached the host it
-         * would be answered with an RST. Drop what cannot be translated. */
+         * would be answered. Drop what cannot be translated: first fragments
+         * and segments behind IPv6 extension headers (untranslatable_encap()
+         * in ebpf/splice.bpf.c says why), malformed TCP headers. */
+        if (meta.first_fragment) {
+            meta.counter = CNT_DROP_FRAGMENT;
+            mark_to_drop(standard_metadata);
+            return;
+        }
+        if (meta.ipv6_ext) {
+            meta.counter = CNT_DROP_IPV6_EXT;
+            mark_to_drop(standard_metadata);
+            return;
+        }
         if (meta.tcp_bad) {
             meta.counter = CNT_DROP_BAD_TCP;
             mark_to_drop(standard_metadata);

@@ -65,6 +65,7 @@ class Entry:
     tsecr_delta: int | None = None
     wscale_shift: int = 0
     rewrite: FlowKey | None = None  # non-transparent proxy: the packet leaves as this flow
+    ingress: int | str | None = None  # the interface / port its packets must arrive by; None: any
     learn: bool = False  # the proxy still owns the flow: record the TSval, pass untouched
 
     @classmethod
@@ -91,6 +92,8 @@ class Entry:
         if self.rewrite:
             doc["rewrite"] = self.rewrite.to_json()
         doc.update(smac=self.smac, dmac=self.dmac, egress=self.egress)
+        if self.ingress is not None:
+            doc["ingress"] = self.ingress
         return doc
 
 
@@ -141,6 +144,14 @@ def _mac(value: Any, where: str) -> str:
     return value.lower()
 
 
+def _port(value: Any, where: str) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
+        raise EntryError(f"{where}: expected an interface name or a port number")
+    if isinstance(value, int):
+        _int(value, where, 0, U32 - 1)  # BMv2 has a port 0; no ifindex is 0
+    return value
+
+
 _FIELDS = {
     "match",
     "seq_delta",
@@ -151,6 +162,7 @@ _FIELDS = {
     "smac",
     "dmac",
     "egress",
+    "ingress",
     "learn",
     "id",
     "stats",
@@ -190,11 +202,10 @@ def parse_entry(doc: Any, where: str = "entry") -> Entry:
                 f"{where}.rewrite: address family differs from match "
                 "(IPv4/IPv6 translation is not supported)"
             )
-    egress = _require(doc, "egress", where)
-    if isinstance(egress, bool) or not isinstance(egress, int | str) or egress == "":
-        raise EntryError(f"{where}.egress: expected an interface name or a port number")
-    if isinstance(egress, int):
-        _int(egress, f"{where}.egress", 0, U32 - 1)  # BMv2 has a port 0; no ifindex is 0
+    egress = _port(_require(doc, "egress", where), f"{where}.egress")
+    ingress = doc.get("ingress")
+    if ingress is not None:
+        ingress = _port(ingress, f"{where}.ingress")
     return Entry(
         match=match,
         seq_delta=_delta(_require(doc, "seq_delta", where), f"{where}.seq_delta"),
@@ -208,6 +219,7 @@ def parse_entry(doc: Any, where: str = "entry") -> Entry:
             doc.get("wscale_shift", 0), f"{where}.wscale_shift", -WSCALE_SHIFT_MAX, WSCALE_SHIFT_MAX
         ),
         rewrite=rewrite,
+        ingress=ingress,
     )
 
 

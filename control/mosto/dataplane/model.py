@@ -14,16 +14,22 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from scapy.utils import checksum as ones_complement_checksum  # ~sum, folded
 
+from mosto.dataplane.contract import IPV6_EXT_MAX, IPV6_EXT_UNITS, VLAN_MAX
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.dataplane.learning import Learned
 
 ETH_HLEN = 14
 VLAN_HLEN = 4
-ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q = 0x0800, 0x86DD, 0x8100
+ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
+VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
 IPPROTO_TCP = 6
+IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS = 0, 43, 44, 60
+IPV6_EXT_WALKED = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS)
+IPV6_EXT_UNIT = 8
 TCP_HLEN = 20
 TCP_FIN, TCP_RST = 0x01, 0x04
 TCP_OPT_MAX_LEN = 40
@@ -111,51 +117,97 @@ def _window(window: int, shift: int) -> int:
     return min(window << shift, 0xFFFF) if shift >= 0 else window >> -shift
 
 
-def _parse(frame: bytes) -> tuple[str, int, int, int]:
-    """Returns (counter or '', l3 offset, l4 offset, IP version)."""
-    if len(frame) < ETH_HLEN:
-        return "pass_truncated", 0, 0, 0
+class _Headers(NamedTuple):
+    counter: str  # '' when the frame parsed up to the fixed TCP header
+    l3: int = 0
+    l4: int = 0
+    ver: int = 0
+    first_fragment: bool = False  # offset 0, more fragments follow
+    ipv6_ext: bool = False  # TCP behind IPv6 extension headers
+
+
+def _tags(frame: bytes, meta_tags: int) -> tuple[str, int, int]:
+    """(counter or '', ethertype after the tags, l3 offset)."""
     (proto,) = struct.unpack_from("!H", frame, 12)
-    l3 = ETH_HLEN
-    if proto == ETH_P_8021Q:
+    l3, tags = ETH_HLEN, meta_tags
+    while proto in VLAN_TPIDS:
+        if tags >= VLAN_MAX:
+            return "drop_deep_headers", 0, 0
         if len(frame) < l3 + VLAN_HLEN:
-            return "pass_truncated", 0, 0, 0
-        (proto,) = struct.unpack_from("!H", frame, 16)
-        l3 += VLAN_HLEN
+            return "pass_truncated", 0, 0
+        (proto,) = struct.unpack_from("!H", frame, l3 + 2)
+        l3, tags = l3 + VLAN_HLEN, tags + 1
+    return "", proto, l3
+
+
+def _ipv6_ext(frame: bytes, l3: int) -> _Headers:
+    """Walks the extension headers after the fixed IPv6 header to TCP."""
+    nexthdr, off, walked, units, first = frame[l3 + 6], l3 + 40, 0, 0, False
+    while nexthdr != IPPROTO_TCP:
+        if nexthdr not in IPV6_EXT_WALKED:
+            return _Headers("pass_not_tcp")
+        if walked == IPV6_EXT_MAX:
+            return _Headers("drop_deep_headers")
+        if len(frame) < off + IPV6_EXT_UNIT:
+            return _Headers("pass_truncated")
+        size = 1 if nexthdr == IPPROTO_FRAGMENT else frame[off + 1] + 1
+        if units + size > IPV6_EXT_UNITS:
+            return _Headers("drop_deep_headers")
+        if len(frame) < off + size * IPV6_EXT_UNIT:
+            return _Headers("pass_truncated")
+        if nexthdr == IPPROTO_FRAGMENT:
+            (frag,) = struct.unpack_from("!H", frame, off + 2)
+            if frag & 0xFFF8:
+                return _Headers("pass_fragment")
+            first = first or bool(frag & 1)  # M = 0 at offset 0: an atomic fragment
+        nexthdr, off = frame[off], off + size * IPV6_EXT_UNIT
+        walked, units = walked + 1, units + size
+    return _Headers("", l3, off, 6, first, walked > 0)
+
+
+def _parse(frame: bytes, meta_tags: int = 0) -> _Headers:
+    """The headers up to TCP; meta_tags: VLAN tags outside the frame (tc)."""
+    if len(frame) < ETH_HLEN:
+        return _Headers("pass_truncated")
+    counter, proto, l3 = _tags(frame, meta_tags)
+    if counter:
+        return _Headers(counter)
     if proto == ETH_P_IP:
         if len(frame) < l3 + 20:
-            return "pass_truncated", 0, 0, 0
+            return _Headers("pass_truncated")
         version, ihl = frame[l3] >> 4, frame[l3] & 0xF
         if version != 4 or ihl < 5:
-            return "pass_bad_ip", 0, 0, 0
+            return _Headers("pass_bad_ip")
         (frag,) = struct.unpack_from("!H", frame, l3 + 6)
         if frag & 0x1FFF:
-            return "pass_fragment", 0, 0, 0
+            return _Headers("pass_fragment")
         if frame[l3 + 9] != IPPROTO_TCP:
-            return "pass_not_tcp", 0, 0, 0
+            return _Headers("pass_not_tcp")
         if len(frame) < l3 + ihl * 4:
-            return "pass_truncated", 0, 0, 0
-        l4, ver = l3 + ihl * 4, 4
+            return _Headers("pass_truncated")
+        h = _Headers("", l3, l3 + ihl * 4, 4, first_fragment=bool(frag & 0x2000))
     elif proto == ETH_P_IPV6:
         if len(frame) < l3 + 40:
-            return "pass_truncated", 0, 0, 0
+            return _Headers("pass_truncated")
         if frame[l3] >> 4 != 6:
-            return "pass_bad_ip", 0, 0, 0
-        if frame[l3 + 6] != IPPROTO_TCP:
-            return "pass_not_tcp", 0, 0, 0
-        l4, ver = l3 + 40, 6
+            return _Headers("pass_bad_ip")
+        h = _ipv6_ext(frame, l3)
+        if h.counter:
+            return h
     else:
-        return "pass_not_ip", 0, 0, 0
-    if len(frame) < l4 + TCP_HLEN:
-        return "pass_truncated", 0, 0, 0
-    return "", l3, l4, ver
+        return _Headers("pass_not_ip")
+    if len(frame) < h.l4 + TCP_HLEN:
+        # A first fragment splitting the TCP header: RFC 1858's tiny fragment.
+        return _Headers("drop_fragment" if h.first_fragment else "pass_truncated")
+    return h
 
 
 def flow_of(frame: bytes) -> FlowKey | None:
     """The flow direction a frame belongs to, or None if it does not parse."""
-    counter, l3, l4, ver = _parse(frame)
-    if counter:
+    h = _parse(frame)
+    if h.counter:
         return None
+    l3, l4, ver = h.l3, h.l4, h.ver
     alen, src_off = (4, 12) if ver == 4 else (16, 8)
     src = ipaddress.ip_address(frame[l3 + src_off : l3 + src_off + alen])
     dst = ipaddress.ip_address(frame[l3 + src_off + alen : l3 + src_off + 2 * alen])
@@ -163,21 +215,34 @@ def flow_of(frame: bytes) -> FlowKey | None:
     return FlowKey(src, dst, sport, dport)
 
 
-def splice(frame: bytes, table: Mapping[FlowKey, Entry]) -> Outcome:
-    """What the data plane does with one frame, given its splice table."""
-    counter, l3, l4, ver = _parse(frame)
-    if counter:
-        return Outcome(Verdict.PASS, frame, counter)
+def splice(
+    frame: bytes, table: Mapping[FlowKey, Entry], ingress: int | str = 0, meta_tags: int = 0
+) -> Outcome:
+    """What the data plane does with one frame, given its splice table, the
+    port (interface) it came in by, and VLAN tags outside the frame (tc)."""
+    h = _parse(frame, meta_tags)
+    if h.counter:
+        verdict = Verdict.DROP if h.counter.startswith("drop_") else Verdict.PASS
+        return Outcome(verdict, frame, h.counter)
+    l3, l4, ver = h.l3, h.l4, h.ver
     flow = flow_of(frame)
     entry = table.get(flow) if flow is not None else None
     if entry is None:
         return Outcome(Verdict.PASS, frame, "pass_miss")
+    if entry.ingress is not None and entry.ingress != ingress:
+        return Outcome(Verdict.DROP, frame, "drop_wrong_ingress", entry)
     event = frame[l4 + 13] & (TCP_FIN | TCP_RST)
     if entry.learn:
-        tsval = _learn(frame, l4, entry)
+        # Behind IPv6 extension headers nothing is learned: spliced, such a
+        # flow's segments are dropped, so its hand-over had better be refused.
+        tsval = None if h.ipv6_ext else _learn(frame, l4, entry)
         seq, ack = struct.unpack_from("!II", frame, l4 + 4)
         learned = Learned(tsval, seq, ack) if tsval is not None else None
         return Outcome(Verdict.PASS, frame, "pass_learn", entry, event, tsval, learned)
+    if h.first_fragment:
+        return Outcome(Verdict.DROP, frame, "drop_fragment", entry, event)
+    if h.ipv6_ext:
+        return Outcome(Verdict.DROP, frame, "drop_ipv6_ext", entry, event)
     try:
         out = _translate(bytearray(frame), entry, l3, l4, ver)
     except _Untranslatable:

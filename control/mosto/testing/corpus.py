@@ -6,8 +6,10 @@ out: verdict, exact bytes, the counter the frame lands in, and the FIN/RST
 event. Expected frames are written out field by field with scapy (checksums
 computed afresh by scapy), not derived from the code under test.
 
-Ports are logical: port 0 receives every input frame; an entry's `egress`
-names port 0 (hairpin) or port 1, and each target maps them to its own ports.
+Ports are logical: an input frame comes in by port 0 unless its case says
+`ingress_port` 1; an entry's `egress` names port 0 (hairpin) or port 1, its
+`ingress` port 0 or 1 (or is absent: any), and each target maps them to its
+own ports.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import ARP, Dot1Q, Ether
+from scapy.layers.inet6 import (
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    PadN,
+)
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 CLIENT_MAC, PROXY0_MAC = "02:00:00:00:00:01", "02:00:00:00:00:10"
@@ -44,6 +53,7 @@ class Case:
     # recorded); each passes or is dropped as packet is, nothing else checked.
     prior: list[Packet] = field(default_factory=list)
     recorded_by: int = -1  # learning: which of prior + [packet] the record is from
+    ingress_port: int = 0  # the logical port the frames come in by
     tags: set[str] = field(default_factory=set)
 
     @property
@@ -57,9 +67,36 @@ class Case:
         tcp = self.frames[self.recorded_by][TCP]
         return self.learned_tsval, tcp.seq, tcp.ack
 
+    @property
+    def hit(self) -> bool:
+        """The frame matched an entry: its stats count it."""
+        return self.counter in HIT_COUNTERS and "unmatched" not in self.tags
+
+    @property
+    def target_counter(self) -> str:
+        """The counter as the targets split it: a hit leaves by its ingress port or another."""
+        if self.counter != "hit":
+            return self.counter
+        return "hit_tx" if self.egress_port == self.ingress_port else "hit_redirect"
+
+    @property
+    def hairpin(self) -> bool:
+        return self.verdict == "forward" and self.egress_port == self.ingress_port
+
     def __post_init__(self) -> None:
         if self.verdict == "forward":
             assert self.expected is not None and self.egress_port is not None, self.name
+
+
+# Counters of frames that matched an entry (stats count them, on every target).
+HIT_COUNTERS = {
+    "hit",
+    "pass_learn",
+    "drop_bad_tcp",
+    "drop_wrong_ingress",
+    "drop_fragment",
+    "drop_ipv6_ext",
+}
 
 
 def entry(
@@ -96,11 +133,17 @@ def tcp4(
     dmac=PROXY0_MAC,
     ip_options=None,
     vlan=None,
+    qinq=None,
+    ip_flags=0,
 ) -> Packet:
     eth = Ether(src=smac, dst=dmac)
+    for outer in qinq or ():
+        eth = eth / Dot1AD(vlan=outer)
     if vlan is not None:
         eth = eth / Dot1Q(vlan=vlan)
-    ip = IP(src=src, dst=dst, options=ip_options) if ip_options else IP(src=src, dst=dst)
+    ip = IP(src=src, dst=dst, flags=ip_flags)
+    if ip_options:
+        ip.options = ip_options
     tcp = TCP(
         sport=sport,
         dport=dport,
@@ -126,10 +169,14 @@ def tcp6(
     payload=PAYLOAD,
     smac=CLIENT_MAC,
     dmac=PROXY0_MAC,
+    ext=(),
 ) -> Packet:
+    ip6: Packet = IPv6(src=src, dst=dst)
+    for header in ext:
+        ip6 = ip6 / header
     return (
         Ether(src=smac, dst=dmac)
-        / IPv6(src=src, dst=dst)
+        / ip6
         / TCP(
             sport=sport,
             dport=dport,
@@ -553,6 +600,189 @@ CASES: list[Case] = [
         counter="drop_bad_tcp",
         tags={"dataofs-4"},
     ),
+    # ---- where a spliced flow's frames come in, and how they are wrapped ----
+    Case(
+        name="ipv4-ingress-pinned",
+        description="an entry tied to its ingress port translates what comes in by it",
+        packet=tcp4(),
+        entries=[entry(ingress=0)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="drop-wrong-ingress",
+        description="a spliced four-tuple coming in by another port is dropped, not passed",
+        packet=tcp4(),
+        entries=[entry(ingress=0)],
+        verdict="drop",
+        counter="drop_wrong_ingress",
+        ingress_port=1,
+    ),
+    Case(
+        name="drop-wrong-ingress-rst",
+        description="an RST of a spliced flow by another port is dropped and not reported",
+        packet=tcp4(flags="RA", payload=b""),
+        entries=[entry(ingress=0)],
+        verdict="drop",
+        counter="drop_wrong_ingress",
+        ingress_port=1,
+    ),
+    Case(
+        name="ipv4-any-ingress",
+        description="an entry without an ingress takes its flow from any port",
+        packet=tcp4(),
+        entries=[entry(egress=0)],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, **OUT),
+        egress_port=0,
+        ingress_port=1,
+    ),
+    Case(
+        name="drop-first-fragment",
+        description="an IPv4 first fragment (MF) of a spliced flow is dropped",
+        packet=tcp4(ip_flags="MF"),
+        entries=[entry()],
+        verdict="drop",
+        counter="drop_fragment",
+    ),
+    Case(
+        name="miss-first-fragment",
+        description="a first fragment of a flow without an entry passes",
+        packet=tcp4(ip_flags="MF", sport=CPORT + 1),
+        entries=[entry()],
+        verdict="pass",
+        counter="pass_miss",
+    ),
+    Case(
+        name="learn-first-fragment",
+        description="a first fragment of a learning entry's flow passes (the proxy owns it)",
+        packet=tcp4(ip_flags="MF", options=[NOP, NOP, ("Timestamp", (99, 1))]),
+        entries=[learning()],
+        verdict="pass",
+        counter="pass_learn",
+        learned_tsval=99,
+    ),
+    Case(
+        name="drop-tiny-first-fragment",
+        description="a first fragment that splits the TCP header (RFC 1858) is dropped unmatched",
+        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC)
+        / IP(src=C4, dst=S4, proto=6, flags="MF")
+        / Raw(bytes(TCP(sport=CPORT + 1, dport=SPORT))[:8]),
+        entries=[entry()],
+        verdict="drop",
+        counter="drop_fragment",
+        tags={"unmatched"},  # dropped before the look-up
+    ),
+    Case(
+        name="ipv6-first-fragment",
+        description="an IPv6 first fragment (fragment header, M) of a spliced flow is dropped",
+        packet=tcp6(ext=[IPv6ExtHdrFragment(m=1, offset=0, id=7)]),
+        entries=[entry(src=C6, dst=S6)],
+        verdict="drop",
+        counter="drop_fragment",
+    ),
+    Case(
+        name="pass-ipv6-fragment",
+        description="a non-first IPv6 fragment has no TCP header to match: it passes",
+        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC)
+        / IPv6(src=C6, dst=S6)
+        / IPv6ExtHdrFragment(nh=6, m=0, offset=3, id=7)
+        / Raw(b"y" * 24),
+        entries=[entry(src=C6, dst=S6)],
+        verdict="pass",
+        counter="pass_fragment",
+    ),
+    Case(
+        name="drop-ipv6-ext",
+        description="a spliced flow behind hop-by-hop, routing and destination options is dropped",
+        packet=tcp6(
+            ext=[
+                IPv6ExtHdrHopByHop(),
+                IPv6ExtHdrRouting(addresses=[S6]),
+                IPv6ExtHdrDestOpt(options=[]),
+            ]
+        ),
+        entries=[entry(src=C6, dst=S6)],
+        verdict="drop",
+        counter="drop_ipv6_ext",
+    ),
+    Case(
+        name="drop-ipv6-atomic-fragment",
+        description="an atomic fragment (offset 0, M 0) is a whole segment behind a header",
+        packet=tcp6(ext=[IPv6ExtHdrFragment(m=0, offset=0, id=8)]),
+        entries=[entry(src=C6, dst=S6)],
+        verdict="drop",
+        counter="drop_ipv6_ext",
+    ),
+    Case(
+        name="miss-ipv6-ext",
+        description="TCP behind extension headers without an entry passes untouched",
+        packet=tcp6(ext=[IPv6ExtHdrDestOpt(options=[]), IPv6ExtHdrDestOpt(options=[])]),
+        entries=[entry(src=C6, dst=S6, sport=CPORT + 1)],
+        verdict="pass",
+        counter="pass_miss",
+    ),
+    Case(
+        name="learn-ipv6-ext",
+        description="behind extension headers a learning entry passes, but learns no TSval",
+        packet=tcp6(
+            ext=[IPv6ExtHdrHopByHop()],
+            options=[NOP, NOP, ("Timestamp", (0x01020304, 5))],
+        ),
+        entries=[learning(src=C6, dst=S6)],
+        verdict="pass",
+        counter="pass_learn",
+    ),
+    Case(
+        name="drop-ipv6-ext-chain-too-long",
+        description="more extension headers than the walk takes: dropped, whatever they hide",
+        packet=tcp6(ext=[IPv6ExtHdrDestOpt(options=[])] * 7, sport=CPORT + 1),
+        entries=[entry(src=C6, dst=S6)],
+        verdict="drop",
+        counter="drop_deep_headers",
+    ),
+    Case(
+        name="drop-ipv6-ext-too-many-bytes",
+        description="extension headers longer than the walk takes: dropped, whatever they hide",
+        packet=tcp6(
+            ext=[IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * 255)])],  # 33 units
+            sport=CPORT + 1,
+        ),
+        entries=[entry(src=C6, dst=S6)],
+        verdict="drop",
+        counter="drop_deep_headers",
+    ),
+    Case(
+        name="pass-ipv6-ah",
+        description="an authentication header is not walked: not TCP as far as the parser goes",
+        packet=Ether(src=CLIENT_MAC, dst=PROXY0_MAC)
+        / IPv6(src=C6, dst=S6, nh=51)
+        / Raw(bytes([6, 4]) + b"\0" * 22),
+        entries=[entry(src=C6, dst=S6)],
+        verdict="pass",
+        counter="pass_not_tcp",
+    ),
+    Case(
+        name="ipv4-qinq",
+        description="802.1ad outer and 802.1Q inner tag: parsed, translated, kept",
+        packet=tcp4(qinq=[100], vlan=42),
+        entries=[entry()],
+        verdict="forward",
+        counter="hit",
+        expected=tcp4(seq=6000, ack=1900, qinq=[100], vlan=42, **OUT),
+        egress_port=1,
+    ),
+    Case(
+        name="drop-three-tags",
+        description="a third VLAN tag: dropped, whatever it hides (VID 0 tags all come off)",
+        packet=tcp4(qinq=[0, 0], vlan=0, sport=CPORT + 1),
+        entries=[entry()],
+        verdict="drop",
+        counter="drop_deep_headers",
+    ),
 ]
 
 
@@ -578,8 +808,8 @@ def by_name(name: str) -> Case:
 
 
 def install_docs(case: Case, port_egress: dict[int, int | str]) -> list[dict[str, Any]]:
-    """The case's entries with logical egress ports replaced by the target's."""
+    """The case's entries with logical ports (egress, ingress) replaced by the target's."""
     return [
-        {**doc, "egress": port_egress[doc["egress"]]} if "egress" in doc else doc
+        {k: port_egress[v] if k in ("egress", "ingress") else v for k, v in doc.items()}
         for doc in case.entries
     ]

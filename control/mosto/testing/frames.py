@@ -1,6 +1,8 @@
 """Random frames and entries for differential tests (hypothesis strategies):
 random deltas with wrap-around, option mixes, odd payload lengths, IPv4/IPv6,
-VLAN, malformed options, lying data offsets, truncated headers. The model
+zero to three VLAN tags, IPv4 fragments, IPv6 extension-header chains (some
+past the parser's bounds), malformed options, lying data offsets, truncated
+headers, entries tied to an ingress port or not. The model
 against XDP and tc (ebpf/tests/test_differential.py) and BMv2 against XDP
 (tools/diff_bmv2.py) draw from the same generator."""
 
@@ -11,7 +13,7 @@ import ipaddress
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Dot1Q, Ether
+from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
 from mosto.dataplane.entry import Entry, FlowKey
@@ -62,6 +64,28 @@ def tcp_options(draw) -> bytes:
 
 
 @st.composite
+def ipv6_ext_chain(draw) -> tuple[bytes, int]:
+    """(extension headers, next header of the first): hop-by-hop, routing,
+    fragment and destination options, sometimes more or longer than the walk takes."""
+    kinds = draw(st.lists(st.sampled_from([0, 43, 44, 60]), min_size=1, max_size=8))
+    raw, nexthdr = b"", 6
+    for kind in reversed(kinds):
+        if kind == 44:
+            offset = 0 if draw(st.integers(0, 2)) else draw(st.integers(1, 0x1FFF))
+            frag = (offset << 3) | draw(st.integers(0, 1))
+            header = (
+                bytes([nexthdr, 0])
+                + frag.to_bytes(2, "big")
+                + draw(st.binary(min_size=4, max_size=4))
+            )
+        else:
+            units = draw(st.sampled_from([0, 0, 1, 2, 33]))
+            header = bytes([nexthdr, units]) + b"\x01\x00" * (3 + 4 * units)  # empty PadN options
+        raw, nexthdr = header + raw, kind
+    return raw, nexthdr
+
+
+@st.composite
 def scenario(draw) -> tuple[bytes, Entry, bool]:
     """(frame, entry, intact): intact frames carry correct checksums."""
     v6 = draw(st.booleans())
@@ -82,19 +106,30 @@ def scenario(draw) -> tuple[bytes, Entry, bool]:
         dataofs=dataofs,
     ) / Raw(opts + payload)
     l3: Packet
+    l4: Packet = tcp
+    if draw(st.integers(0, 29)) == 0:
+        l4 = UDP(sport=sport, dport=dport) / Raw(payload)
     if v6:
         l3 = IPv6(src=str(src), dst=str(dst))
+        if draw(st.integers(0, 5)) == 0:
+            ext, first = draw(ipv6_ext_chain())
+            l3 = IPv6(src=str(src), dst=str(dst), nh=first) / Raw(ext)
+            l4 = Raw(bytes(l4))  # scapy would not put TCP behind raw headers itself
     else:
         ihl_words = draw(st.integers(0, 3))
         l3 = IP(src=str(src), dst=str(dst), options=[b"\x01" * 4 * ihl_words] if ihl_words else [])
         if draw(st.integers(0, 29)) == 0:
             l3.frag = draw(st.integers(1, 0x1FFF))
-    l4: Packet = tcp
-    if draw(st.integers(0, 29)) == 0:
-        l4 = UDP(sport=sport, dport=dport) / Raw(payload)
+        if draw(st.integers(0, 9)) == 0:
+            l3.flags = "MF"
+            if draw(st.booleans()):  # a tiny first fragment: the TCP header split
+                l4 = Raw(bytes(l4)[: draw(st.integers(0, 19))])
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:10")
-    if draw(st.integers(0, 4)) == 0:
-        eth = eth / Dot1Q(vlan=draw(st.integers(0, 4095)))
+    # Hypothesis favours the first choice: one tag, on which tc can always be run.
+    tags = draw(st.sampled_from([1, 0, 0, 0, 0, 1, 2, 3]))
+    for i in range(tags):
+        tag = Dot1AD if i == 0 and tags > 1 else Dot1Q
+        eth = eth / tag(vlan=draw(st.integers(0, 4095)))
     frame = bytes(eth / l3 / l4)
     intact = True
     if draw(st.integers(0, 9)) == 0:
@@ -123,6 +158,7 @@ def scenario(draw) -> tuple[bytes, Entry, bool]:
         tsecr_delta=draw(u32) if ts else None,
         wscale_shift=draw(st.integers(-14, 14)),
         rewrite=rewrite,
+        ingress=draw(st.sampled_from([None, 0, 0, 1])),  # logical port; frames come in by 0
     )
     if draw(st.integers(0, 9)) == 0:
         entry = Entry.learning(match)

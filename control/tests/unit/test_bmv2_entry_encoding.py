@@ -39,6 +39,8 @@ PARAMS = [
     ("smac", 48),
     ("dmac", 48),
     ("egress_port", 9),
+    ("any_ingress", 1),
+    ("ingress_port", 9),
 ]
 
 
@@ -118,6 +120,8 @@ def test_action_parameters():
         {},
         {"timestamps": None, "rewrite": None, "wscale_shift": 0},
         {"wscale_shift": 14},
+        {"ingress": 0},
+        {"ingress": 7},
         {
             "match": {"src": "fd00::1", "dst": "fd00:1::2", "sport": 1, "dport": 65535},
             "rewrite": {"src": "fd00::10", "dst": "::a00:1", "sport": 2, "dport": 3},

@@ -20,17 +20,20 @@ from mosto.testing.pktdiff import checksums_verify, explain_mismatch
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_model_fixture(case: Case):
     frame = bytes(case.packet)
-    entries = [parse_entry(d) for d in install_docs(case, {0: 1, 1: 2})]
+    ports = {0: 1, 1: 2}
+    entries = [parse_entry(d) for d in install_docs(case, ports)]
     table = {e.match: e for e in entries}
+    ingress = ports[case.ingress_port]
     record = None
     for prior in case.prior:
-        seen = splice(bytes(prior), table)
+        seen = splice(bytes(prior), table, ingress=ingress)
         assert (seen.verdict, seen.counter) == (Verdict(case.verdict), case.counter)
         if seen.learned is not None:
             record = advance(record, seen.learned)
-    outcome = splice(frame, table)
+    outcome = splice(frame, table, ingress=ingress)
     assert outcome.verdict == Verdict(case.verdict)
     assert outcome.counter == case.counter
+    assert (outcome.entry is not None) == case.hit
     assert bool(outcome.event_flags) == case.event
     if not case.prior:
         assert outcome.learned_tsval == case.learned_tsval

@@ -48,12 +48,12 @@ def _mac_str(value: int) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
-def egress_port(egress: int | str) -> int:
-    """An entry's egress for BMv2: a port number (a decimal string is accepted)."""
+def egress_port(egress: int | str, what: str = "egress") -> int:
+    """An entry's egress (or ingress) for BMv2: a port number (a decimal string is accepted)."""
     if isinstance(egress, str) and egress.isdigit():
         egress = int(egress)
     if not isinstance(egress, int) or not 0 <= egress < DROP_PORT:
-        raise EntryError(f"egress: BMv2 takes a port number 0..{DROP_PORT - 1}, got {egress!r}")
+        raise EntryError(f"{what}: BMv2 takes a port number 0..{DROP_PORT - 1}, got {egress!r}")
     return egress
 
 
@@ -162,6 +162,8 @@ def action_values(entry: Entry) -> dict[str, int]:
         "smac": mac_int(entry.smac),
         "dmac": mac_int(entry.dmac),
         "egress_port": egress_port(entry.egress),
+        "any_ingress": int(entry.ingress is None),
+        "ingress_port": 0 if entry.ingress is None else egress_port(entry.ingress, "ingress"),
     }
 
 
@@ -224,6 +226,7 @@ def decode_entry(names: P4Names, te: p4runtime_pb2.TableEntry) -> tuple[int, Ent
         tsecr_delta=p["tsecr_delta"] if p["timestamps"] else None,
         wscale_shift=p["window_shl"] - p["window_shr"],
         rewrite=rewrite,
+        ingress=None if p["any_ingress"] else p["ingress_port"],
     )
     return entry_id, entry
 

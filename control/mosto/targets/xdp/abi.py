@@ -41,6 +41,7 @@ class SpliceEntry(ctypes.Structure):
         ("tsval_delta", ctypes.c_uint32),
         ("tsecr_delta", ctypes.c_uint32),
         ("egress_ifindex", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
         ("new_saddr", _u32x4),
         ("new_daddr", _u32x4),
         ("new_sport", ctypes.c_uint16),
@@ -117,7 +118,9 @@ def _mac_str(mac: ctypes.Array) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def encode_entry(entry: Entry, entry_id: int, egress_ifindex: int) -> SpliceEntry:
+def encode_entry(
+    entry: Entry, entry_id: int, egress_ifindex: int, ingress_ifindex: int = 0
+) -> SpliceEntry:
     if entry.learn:
         return SpliceEntry(id=entry_id, flags=SPLICE_F_LEARN)
     value = SpliceEntry(
@@ -125,6 +128,7 @@ def encode_entry(entry: Entry, entry_id: int, egress_ifindex: int) -> SpliceEntr
         seq_delta=entry.seq_delta,
         ack_delta=entry.ack_delta,
         egress_ifindex=egress_ifindex,
+        ingress_ifindex=ingress_ifindex,
         smac=_mac_bytes(entry.smac),
         dmac=_mac_bytes(entry.dmac),
         wscale_shift=entry.wscale_shift,
@@ -142,7 +146,9 @@ def encode_entry(entry: Entry, entry_id: int, egress_ifindex: int) -> SpliceEntr
     return value
 
 
-def decode_entry(key: SpliceKey, value: SpliceEntry, egress: int | str) -> Entry:
+def decode_entry(
+    key: SpliceKey, value: SpliceEntry, egress: int | str, ingress: int | str | None = None
+) -> Entry:
     if value.flags & SPLICE_F_LEARN:
         return Entry.learning(decode_key(key))
     rewrite = None
@@ -165,4 +171,5 @@ def decode_entry(key: SpliceKey, value: SpliceEntry, egress: int | str) -> Entry
         tsecr_delta=value.tsecr_delta if ts else None,
         wscale_shift=value.wscale_shift,
         rewrite=rewrite,
+        ingress=ingress,
     )

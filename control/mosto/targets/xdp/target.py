@@ -48,7 +48,7 @@ MODES = {
 def ifindex_of(egress: int | str) -> int:
     if isinstance(egress, int):
         if egress <= 0:
-            raise TargetError(f"egress {egress} is not an interface index")
+            raise TargetError(f"{egress} is not an interface index")
         return egress
     try:
         return socket.if_nametoindex(egress)
@@ -265,6 +265,7 @@ class XdpTarget:
         """Installs or replaces one entry; returns its id. Stats restart at 0."""
         key = abi.encode_key(entry.match)
         ifindex = 0 if entry.learn else ifindex_of(entry.egress)
+        ingress = 0 if entry.learn or entry.ingress is None else ifindex_of(entry.ingress)
         if ifindex:
             self.add_port(ifindex)
         fd = self._fds["mosto_splice"]
@@ -273,7 +274,7 @@ class XdpTarget:
         entry_id = old.id if replacing else self._ids.alloc()
         self._reset_stats(entry_id)
         try:
-            libbpf.map_update(fd, key, abi.encode_entry(entry, entry_id, ifindex))
+            libbpf.map_update(fd, key, abi.encode_entry(entry, entry_id, ifindex, ingress))
         except libbpf.BpfError as exc:
             if not replacing:
                 self._ids.free(entry_id)
@@ -294,7 +295,15 @@ class XdpTarget:
 
     def entries(self) -> list[tuple[int, Entry]]:
         return sorted(
-            (v.id, abi.decode_entry(k, v, ifname_of(v.egress_ifindex)))
+            (
+                v.id,
+                abi.decode_entry(
+                    k,
+                    v,
+                    ifname_of(v.egress_ifindex),
+                    ifname_of(v.ingress_ifindex) if v.ingress_ifindex else None,
+                ),
+            )
             for k, v in self._raw_entries()
         )
 
