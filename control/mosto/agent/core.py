@@ -778,12 +778,13 @@ class Agent:
     def _on_port(self, entry: Entry) -> Entry:
         if self.port_map is None:
             return entry
-        if entry.egress not in self.port_map:
-            raise refusal.NoRoute(
-                f"interface {entry.egress} has no data-plane port "
-                f"(agent option --port {entry.egress}=N)"
-            )
-        return replace(entry, egress=self.port_map[entry.egress])
+        for ifname in (entry.egress, entry.ingress):
+            if ifname is not None and ifname not in self.port_map:
+                raise refusal.NoRoute(
+                    f"interface {ifname} has no data-plane port (agent option --port {ifname}=N)"
+                )
+        ingress = None if entry.ingress is None else self.port_map[entry.ingress]
+        return replace(entry, egress=self.port_map[entry.egress], ingress=ingress)
 
     def release(
         self, splice_id: int, reason: str = "released", caller: Caller = TRUSTED

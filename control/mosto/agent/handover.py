@@ -82,7 +82,9 @@ def build_entries(
     server_tsval: int | None,
 ) -> tuple[Entry, Entry]:
     """The client->server and server->client entries. States are read in repair
-    mode; TSvals are any value each peer sent (the learned ones)."""
+    mode; TSvals are any value each peer sent (the learned ones). Each entry
+    takes its frames only from the interface the proxy reaches their sender
+    by (the one they came in on while the proxy relayed them)."""
     if a.snd_nxt is None or a.rcv_nxt is None or b.snd_nxt is None or b.rcv_nxt is None:
         raise ValueError("build_entries needs states read in repair mode")
     seq_cs = (b.snd_nxt - a.rcv_nxt) % U32
@@ -111,6 +113,7 @@ def build_entries(
         smac=to_server.smac,
         dmac=to_server.dmac,
         egress=to_server.ifname,
+        ingress=to_client.ifname,
         tsval_delta=ts_cs[0],
         tsecr_delta=ts_cs[1],
         wscale_shift=_wscale_shift(a.info.snd_wscale, b.info.rcv_wscale),
@@ -123,6 +126,7 @@ def build_entries(
         smac=to_client.smac,
         dmac=to_client.dmac,
         egress=to_client.ifname,
+        ingress=to_server.ifname,
         tsval_delta=ts_sc[0],
         tsecr_delta=ts_sc[1],
         wscale_shift=_wscale_shift(b.info.snd_wscale, a.info.rcv_wscale),

@@ -55,6 +55,8 @@ def test_deltas_translate_each_direction_onto_the_other_connection():
     assert cs.match.src == C and cs.rewrite.src == PB and cs.rewrite.dport == 80
     assert sc.match.src == S and sc.rewrite.dst == C and sc.rewrite.sport == 8000
     assert (cs.egress, cs.dmac, sc.egress, sc.dmac) == ("ps", TO_S.dmac, "pc", TO_C.dmac)
+    # Each direction is taken only from the interface its sender is reached by.
+    assert (cs.ingress, sc.ingress) == ("pc", "ps")
 
 
 def test_window_scale_shift_is_senders_scale_minus_what_the_receiver_assumes():
