@@ -21,7 +21,7 @@ import pytest
 from processes import BIN, REPO, traffic, wait_for
 from processes import mosto as mosto_cmd
 from stack import SERVER_PORT, Stack
-from topology import CLIENT4, SERVER4
+from topology import CLIENT4, MACS, SERVER4
 
 import mosto
 
@@ -654,3 +654,145 @@ def test_spoofed_far_future_tsvals_do_not_poison_the_handover(stack):
     assert box.get("ok"), box
     assert box["sha256"] == box["expected"]
     assert (_paws(topo.client), _paws(topo.server)) == paws0
+
+
+# -- data plane: a spliced flow's four-tuple in odd wrappers, or by another port --
+
+# Spoofed segments of one direction of a spliced flow (the client's), each in a
+# wrapper the data plane must translate or drop, never hand to the proxy
+# host's stack (whose reservation socket would answer them): a first fragment
+# with its second, TCP behind IPv6 extension headers, priority-tagged QinQ and
+# three tags (the stack strips any number of VID 0 tags), all from the client's
+# namespace, and plain segments and an RST from the server's side, where the
+# four-tuple has no business. Pure ACKs where they are forwarded (translated,
+# they reach the end points, which ignore out-of-window ACKs), data where they
+# must be dropped (passed, the reservation would take and acknowledge it).
+WRAPPED = r"""
+import json, random, sys
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+from scapy.packet import Raw
+from scapy.sendrecv import sendp
+
+a = json.loads(sys.argv[1])
+v6 = ":" in a["src"]
+rand = lambda: random.getrandbits(32)
+eth = Ether(src=a["smac"], dst=a["dmac"])
+
+
+def ip(**kw):
+    return IPv6(src=a["src"], dst=a["dst"], **kw) if v6 else IP(src=a["src"], dst=a["dst"], **kw)
+
+
+def tcp(flags="A", data=b""):
+    return TCP(sport=a["sport"], dport=a["dport"], seq=rand(), ack=rand(), flags=flags) / Raw(data)
+
+
+frames = []
+if a["kind"] == "wrapped":
+    head = bytes(tcp("PA", b"x" * 12))  # 32 bytes: four fragment units
+    for i in range(a["count"]):
+        if v6:
+            frames += [
+                eth / IPv6(src=a["src"], dst=a["dst"]) / IPv6ExtHdrFragment(nh=6, m=1, id=i) / head,
+                eth / IPv6(src=a["src"], dst=a["dst"])
+                / IPv6ExtHdrFragment(nh=6, offset=4, id=i) / (b"y" * 16),
+                eth / ip() / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / tcp("PA", b"z" * 16),
+            ]
+        else:
+            frames += [
+                eth / IP(src=a["src"], dst=a["dst"], proto=6, flags="MF", id=i) / head,
+                eth / IP(src=a["src"], dst=a["dst"], proto=6, frag=4, id=i) / (b"y" * 16),
+            ]
+        frames += [
+            eth / Dot1AD(vlan=0) / Dot1Q(vlan=0) / ip() / tcp(),
+            eth / Dot1AD(vlan=0) / Dot1AD(vlan=0) / Dot1Q(vlan=0) / ip() / tcp("PA", b"w" * 16),
+        ]
+else:  # by the wrong interface
+    for i in range(a["count"]):
+        frames += [eth / ip() / tcp("PA", b"v" * 16), eth / ip() / tcp("R")]
+sendp(frames, iface=a["iface"], verbose=False)
+print(len(frames))
+"""
+
+
+def _dp_counters(stack: Stack) -> dict[str, int]:
+    out = stack.topo.proxy.sh(
+        *mosto_cmd("xdp", "counters", "--pin-dir", stack.topo.pin_dir, "--json")
+    )
+    return json.loads(out.stdout)
+
+
+def _tcp_out(stack: Stack) -> dict[str, int]:
+    """The proxy namespace's TCP MIB: what its stack sent (the splice's frames
+    never touch it)."""
+    lines = [ln.split() for ln in stack.topo.proxy.sh("cat", "/proc/net/snmp").stdout.splitlines()]
+    names, values = [ln for ln in lines if ln[0] == "Tcp:"][:2]
+    return {k: int(v) for k, v in zip(names[1:], values[1:], strict=True) if k.startswith("Out")}
+
+
+def _spoof(stack: Stack, ns, iface: str, flow: dict, kind: str, macs: tuple[str, str]) -> int:
+    doc = {**flow, "iface": iface, "kind": kind, "count": 20, "smac": macs[0], "dmac": macs[1]}
+    out = ns.sh(str(BIN / "python"), "-c", WRAPPED, json.dumps(doc), check=False)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_a_spliced_flow_in_fragments_extension_headers_qinq_or_by_another_port(stack, family):
+    """Issue 10 (low): spoofed segments of a spliced flow from a peer namespace,
+    as first fragments, behind IPv6 extension headers, in QinQ and three tags,
+    and through the proxy host's other interface, while a transfer runs through
+    the splice: the transfer completes intact, the proxy host's stack sends
+    nothing on the flow (no RST, no ACK), and each wrapper is counted where
+    the data plane dropped or translated it."""
+    v6 = family == "ipv6"
+    port = 8710 + v6
+    tapped = stack.tmp / f"tap-{family}.json"
+    start = len(stack.events)
+    with stack.proxy(port, "--handover-after", str(1 << 20), v6=v6, uid=VICTIM) as proxy:
+        box: dict = {}
+        t = threading.Thread(
+            target=lambda: box.update(stack.fetch(proxy, "64M", "--pace", "0.005"))
+        )
+        t.start()
+        spliced = wait_for(
+            lambda: [
+                e
+                for e in stack.events[start:]
+                if e["event"] == "spliced" and e["splice"]["client"]["dport"] == port
+            ],
+            20,
+            "the hand-over",
+        )[0]
+        time.sleep(0.5)  # past the agent's own prompts (poke.py)
+        tap = _tap(stack, tapped)
+        before, out_before = _dp_counters(stack), _tcp_out(stack)
+        c = spliced["splice"]["client"]
+        sent = _spoof(stack, stack.topo.client, "c0", c, "wrapped", (MACS["c0"], MACS["pc"]))
+        sent += _spoof(stack, stack.topo.server, "s0", c, "elsewhere", (MACS["s0"], MACS["ps"]))
+        time.sleep(0.5)
+        after, out_after = _dp_counters(stack), _tcp_out(stack)
+        tap.send_signal(signal.SIGTERM)
+        tap.wait()
+        assert t.is_alive(), "the transfer ended before the spoofing did: make it longer"
+        t.join(120)
+        assert box.get("ok"), box  # every byte, sha256 checked by the client
+    moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    assert moved.get("drop_fragment", 0) >= 20, moved
+    assert moved.get("drop_deep_headers", 0) >= 20, moved
+    assert moved.get("drop_wrong_ingress", 0) >= 40, moved
+    if v6:
+        assert moved.get("drop_ipv6_ext", 0) >= 20, moved
+    # The QinQ ACKs were translated with the transfer's own frames.
+    assert moved.get("pass_fragment", 0) >= 20, moved  # second halves: never reassembled
+    assert out_after["OutRsts"] == out_before["OutRsts"], (out_before, out_after)
+    ends = {(c["dst"], c["dport"], c["src"], c["sport"])}
+    from_stack = [
+        p
+        for p in json.loads(tapped.read_text())
+        if (p["src"], p["sport"], p["dst"], p["dport"]) in ends
+    ]
+    assert from_stack == [], f"the proxy host's stack answered the spoofer: {from_stack[:5]}"
+    assert sent >= 100
