@@ -778,13 +778,17 @@ class Agent:
     def _on_port(self, entry: Entry) -> Entry:
         if self.port_map is None:
             return entry
-        for ifname in (entry.egress, entry.ingress):
-            if ifname is not None and ifname not in self.port_map:
+        ports = self.port_map
+
+        def port(ifname: int | str) -> int:
+            if not isinstance(ifname, str) or ifname not in ports:
                 raise refusal.NoRoute(
                     f"interface {ifname} has no data-plane port (agent option --port {ifname}=N)"
                 )
-        ingress = None if entry.ingress is None else self.port_map[entry.ingress]
-        return replace(entry, egress=self.port_map[entry.egress], ingress=ingress)
+            return ports[ifname]
+
+        ingress = None if entry.ingress is None else port(entry.ingress)
+        return replace(entry, egress=port(entry.egress), ingress=ingress)
 
     def release(
         self, splice_id: int, reason: str = "released", caller: Caller = TRUSTED
