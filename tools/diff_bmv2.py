@@ -140,8 +140,8 @@ def inner(params: dict, examples: int) -> int:
             outcomes["skipped_cut_in_vlan_tag"] += 1
             return
         port = entry.egress if isinstance(entry.egress, int) else 0
-        ingress = None if entry.ingress is None else f"dut{entry.ingress}"
-        sw_entry, xdp_entry = entry, replace(entry, egress=f"dut{port}", ingress=ingress)
+        pinned = None if entry.ingress is None else f"dut{entry.ingress}"
+        sw_entry, xdp_entry = entry, replace(entry, egress=f"dut{port}", ingress=pinned)
         if entry.learn:
             xdp_entry = entry
         for t in (sw, xdp):
