@@ -8,7 +8,7 @@ the same pass or drop), the same counter, and the same entry stats.
     tools/diff_bmv2.py [--examples N]     # root; p4c-bm2-ss, simple_switch_grpc on PATH
 
 Run by `make bmv2-test`. One kind of frame never reaches BMv2 on Linux and is
-left out (p4src/README.md): a frame cut inside its 802.1Q tag.
+left out (p4src/README.md): a frame cut inside its outer VLAN tag or the EtherType after it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ ETH_P_ALL, PACKET_OUTGOING = 0x0003, 4
 SOL_PACKET, PACKET_AUXDATA = 263, 8
 TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
 AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
-ETH_HLEN, VLAN_HLEN, ETH_P_8021Q = 14, 4, 0x8100
+ETH_HLEN, VLAN_HLEN, ETH_P_8021Q, ETH_P_8021AD = 14, 4, 0x8100, 0x88A8
 OUTPUT_WAIT_S, DROP_WAIT_S = 0.02, 0.15  # after the first frame out; for none at all
 
 
@@ -53,7 +53,8 @@ def outer(examples: int) -> int:
 
 def cut_in_vlan_tag(frame: bytes) -> bool:
     ethertype = int.from_bytes(frame[12:14], "big") if len(frame) >= ETH_HLEN else 0
-    return ethertype == ETH_P_8021Q and len(frame) < ETH_HLEN + VLAN_HLEN
+    # skb_vlan_untag() drops a frame without the tag and the EtherType after it.
+    return ethertype in (ETH_P_8021Q, ETH_P_8021AD) and len(frame) < ETH_HLEN + VLAN_HLEN + 2
 
 
 def _with_vlan_tag(frame: bytes, ancillary: list) -> bytes:
