@@ -257,10 +257,11 @@ def test_tcp_transfer_through_tc_splice(nat, sender_offload, vlan, request):
             assert per_run <= MTU_FRAME, f"{name}: {per_run:.0f} B/frame with offloads off"
 
 
-def test_a_second_tag_passes_as_in_xdp():
+def test_qinq_is_translated_and_a_third_tag_dropped_as_in_xdp():
     """802.1Q in 802.1Q: tc finds the outer tag in metadata and the inner one in
-    the data; like XDP with both in the data, it passes the frame (pass_not_ip)
-    instead of translating it. With one tag it translates (hit_redirect)."""
+    the data; like XDP with both in the data, it translates the frame
+    (hit_redirect), as with one tag. A third tag is past what the parser
+    takes: dropped (drop_deep_headers) on both hooks."""
     from scapy.layers.inet import IP, TCP
     from scapy.layers.l2 import Dot1Q, Ether
 
@@ -284,7 +285,12 @@ def test_a_second_tag_passes_as_in_xdp():
             target.add(parse_entry(fwd))
         finally:
             popns()
-        for vlans, counter in (((VLAN, 7), "pass_not_ip"), ((VLAN,), "hit_redirect")):
+        cases = (
+            ((VLAN, 7), "hit_redirect"),
+            ((VLAN,), "hit_redirect"),
+            ((VLAN, 7, 9), "drop_deep_headers"),
+        )
+        for vlans, counter in cases:
             target.reset_counters()
             send(path, frame(*vlans))
             deadline = time.monotonic() + 2
