@@ -30,7 +30,9 @@ static __always_inline int parse_ctx(struct ctx_buff *ctx, struct packet *p)
 		return ret; /* all of the frame was there: the verdict stands */
 	if (ret == PARSE_OK && (void *)p->tcp + p->tcp->doff * 4 <= p->data_end)
 		return ret;
-	if (ret != PARSE_OK && ret != CNT_PASS_TRUNCATED)
+	/* A first fragment whose TCP header looks split may only be cut short
+	 * in the linear part: the tiny-fragment verdict needs the whole frame. */
+	if (ret != PARSE_OK && ret != CNT_PASS_TRUNCATED && ret != CNT_DROP_FRAGMENT)
 		return ret; /* decided by headers that were there */
 	if (ctx_pull_headers(ctx))
 		return CNT_PASS_TRUNCATED;
