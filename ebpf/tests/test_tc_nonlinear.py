@@ -18,6 +18,7 @@ import fcntl
 import os
 import select
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +26,7 @@ from pyroute2.netns import popns, pushns
 
 from mosto.dataplane.entry import parse_entry
 from mosto.targets.xdp.target import XdpTarget
-from mosto.testing.corpus import CASES, Case, install_docs
+from mosto.testing.corpus import CASES, Case, by_name, install_docs
 from mosto.testing.pktdiff import explain_mismatch
 from netns import namespace
 
@@ -35,7 +36,11 @@ TAP = "mfrag0"
 READ_TIMEOUT_S = 2.0
 # Forwarded cases whose frame has no VLAN tag in the data (the kernel would take
 # it into metadata on the way in).
-FORWARDED = [c for c in CASES if c.verdict == "forward" and bytes(c.packet)[12:14] != b"\x81\x00"]
+FORWARDED = [
+    c
+    for c in CASES
+    if c.verdict == "forward" and bytes(c.packet)[12:14] not in (b"\x81\x00", b"\x88\xa8")
+]
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +114,22 @@ def test_headers_in_fragments_are_pulled_and_translated(tap, case: Case):
     want = bytes(case.expected)
     assert out == want, explain_mismatch(want, out)
     assert moved == {"hit_tx": 1}, moved  # both logical ports are the tap
+
+
+def test_a_first_fragment_cut_short_in_the_linear_part_is_pulled_before_it_counts_as_tiny(tap):
+    """A first fragment whose TCP header is in page fragments looks like RFC
+    1858's tiny fragment until it is pulled: only a fragment that is tiny once
+    pulled is dropped as one; this one, of no spliced flow, passes."""
+    fd, target, ns = tap
+    case = by_name("miss-first-fragment")
+    frame = bytes(case.packet)
+    before = target.counters()
+    with installed(target, ns, case):
+        # Linear up to ten bytes into the TCP header, the rest in a fragment.
+        os.writev(fd, [frame[: 14 + 20 + 10], frame[14 + 20 + 10 :]])
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while target.counters() == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+    after = target.counters()
+    moved = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    assert moved == {"pass_miss": 1}, moved
