@@ -236,14 +236,14 @@ class Profiler:
     """py-spy on the agent between a quiet_pairs.py run's register and offload
     phases (its samples of the offloads alone)."""
 
-    def __init__(self, py_spy: str, pid: int, out: Path):
-        self.py_spy, self.pid, self.out = py_spy, pid, out
+    def __init__(self, py_spy: str, pid: int, out: Path, rate: int = 1000):
+        self.py_spy, self.pid, self.out, self.rate = py_spy, pid, out, rate
         self.p: subprocess.Popen | None = None
 
     def __call__(self, pairs: subprocess.Popen | None) -> None:
         if pairs is not None:
             self.p = subprocess.Popen(
-                [self.py_spy, "record", "-p", str(self.pid), "--nonblocking", "-r", "100"]
+                [self.py_spy, "record", "-p", str(self.pid), "--nonblocking", "-r", str(self.rate)]
                 + ["-f", "raw", "-o", str(self.out)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -46,6 +46,9 @@ log = logging.getLogger("mosto.agent")
 
 TCP_FIN, TCP_RST = 0x01, 0x04
 SETTLE_S = 0.002  # after install, for packets already past the data plane to land
+# The data plane stamps entries with the coarse clock (bpf_ktime_get_coarse_ns):
+# a packet may have passed up to one tick (10 ms at HZ=100) after its stamp.
+COARSE_TICK_S = 0.010
 PROBE_WAIT_MIN_S = 0.02  # for a probed peer's answer (or 4 RTTs, if longer)
 PROBE_POLL_S = 0.001
 _SPLICE_OWNER = object()  # _emit: look the owner up (a removed splice's id may be reused)
@@ -449,17 +452,42 @@ class Agent:
                 return
             time.sleep(PROBE_POLL_S)
 
-    def _learned_tsval(self, flow: FlowKey) -> int | None:
-        """The sender's latest TSval the data plane saw, or the last one read
-        before its entry was reset (a rolled-back hand-over re-installs the
-        learning entry): any TSval the sender used is a safe anchor for PAWS."""
-        st = self.target.stats_many([flow]).get(flow)
+    def _learned_now(self, pair: Pair) -> tuple[tuple[int | None, int | None], float | None]:
+        """Both inbound flows' learned TSvals, and when the data plane last passed
+        a packet of either to the proxy (monotonic seconds; None if it cannot
+        tell: a flow without a learning entry). One read of both entries."""
+        with self._lock:
+            got = self.target.stats_many([pair.from_client, pair.from_server])
+            tsvals = (
+                self._remember_tsval(pair.from_client, got.get(pair.from_client)),
+                self._remember_tsval(pair.from_server, got.get(pair.from_server)),
+            )
+        if len(got) < 2:
+            return tsvals, None
+        return tsvals, max(st.last_seen_ns for st in got.values()) / 1e9
+
+    def _needs_settle(self, last_passed: float | None, read_at: float) -> bool:
+        """Whether a packet the data plane passed before the entries may still be
+        on its way to a socket read at read_at. A quiet flow's last packet passed
+        long before: no wait. A switch's packets have a wire to cross, and a flow
+        without a learning entry has no stamp: those always wait."""
+        if last_passed is None or self.port_map is not None:
+            return True
+        return last_passed + COARSE_TICK_S + SETTLE_S >= read_at
+
+    def _remember_tsval(self, flow: FlowKey, st: Any) -> int | None:
         learning = self._learning.get(flow)
         if st is not None and st.tsval is not None:
             if learning is not None:
                 learning.tsval = st.tsval
-            return st.tsval
+            return int(st.tsval)
         return learning.tsval if learning is not None else None
+
+    def _learned_tsval(self, flow: FlowKey) -> int | None:
+        """The sender's latest TSval the data plane saw, or the last one read
+        before its entry was reset (a rolled-back hand-over re-installs the
+        learning entry): any TSval the sender used is a safe anchor for PAWS."""
+        return self._remember_tsval(flow, self.target.stats_many([flow]).get(flow))
 
     def offload(self, a: socket.socket, b: socket.socket, caller: Caller = TRUSTED) -> Splice:
         """The hand-over. On success both sockets are closed without a packet
@@ -504,16 +532,12 @@ class Agent:
                 with self._lock:
                     for flow in (pair.from_client, pair.from_server):
                         self._require_free(flow)
-                    tsvals = (
-                        self._learned_tsval(pair.from_client),
-                        self._learned_tsval(pair.from_server),
-                    )
                 # Outside the agent's lock (this flow's lock is held): _commit
                 # takes it for the table changes only.
                 record = self._note_repair(caller, a, b)
                 try:
                     splice, anchors = self._frozen_install(
-                        a, b, pair, to_server_hop, to_client_hop, tsvals
+                        a, b, pair, to_server_hop, to_client_hop
                     )
                 finally:  # out of repair mode, spliced or not (or this agent is dead)
                     if record is not None and self.repairlog is not None:
@@ -620,7 +644,7 @@ class Agent:
             except OSError as exc:  # nothing is lost; a sender may wait for its RTO
                 log.warning("could not prompt a peer to acknowledge: %s", exc)
 
-    def _install(self, a, b, pair, to_server_hop, to_client_hop, tsvals) -> tuple[Splice, Anchors]:
+    def _install(self, a, b, pair, to_server_hop, to_client_hop) -> tuple[Splice, Anchors]:
         """The splice, and the sockets as its entries were built from them."""
         entered: list[socket.socket] = []  # repair is only ever switched off on these
         reservations: list[Reservation] = []
@@ -630,8 +654,11 @@ class Agent:
                 enter_repair(sock)
                 entered.append(sock)
             failpoints.reach("offload_in_repair")
+            read_at = time.monotonic()
             r_a, r_b = read_state(a, repair=True), read_state(b, repair=True)
             check_quiet(r_a, r_b)
+            # Read after the sockets: what passed the data plane before them.
+            tsvals, last_passed = self._learned_now(pair)
             anchors = ((r_a, receive_window(a, r_a)), (r_b, receive_window(b, r_b)))
             cs, sc = (
                 self._on_port(e)
@@ -640,7 +667,8 @@ class Agent:
 
             def verify() -> None:
                 failpoints.reach("offload_installed")
-                time.sleep(SETTLE_S)
+                if self._needs_settle(last_passed, read_at):
+                    time.sleep(SETTLE_S)
                 v_a, v_b = read_state(a, repair=True), read_state(b, repair=True)
                 change = moved(r_a, v_a) or moved(r_b, v_b)
                 if change:

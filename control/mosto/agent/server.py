@@ -30,6 +30,7 @@ from typing import Any
 
 from mosto.agent import paging, requests, sockdir, trust
 from mosto.agent.core import Agent
+from mosto.agent.kernel import netinfo
 from mosto.agent.trust import Caller
 from mosto.wire import protocol, refusal
 
@@ -445,6 +446,11 @@ class AgentServer:
                 self.agent.expire_holds()
             except Exception:
                 log.exception("holds")
+            try:  # the caches hand-overs read: no netlink round trip in a request
+                netinfo.refresh()
+                trust.refresh_local()
+            except Exception:
+                log.exception("route cache")
 
 
 def _peer_gone(sock: socket.socket) -> bool:

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -44,15 +45,25 @@ MODES = {
 }
 
 
+IFINDEX_CACHE_S = 1.0  # as the agent's route cache: a lookup costs three syscalls
+_ifindex_cache: dict[str, tuple[float, int]] = {}
+
+
 def ifindex_of(egress: int | str) -> int:
     if isinstance(egress, int):
         if egress <= 0:
             raise TargetError(f"egress {egress} is not an interface index")
         return egress
+    now = time.monotonic()
+    hit = _ifindex_cache.get(egress)
+    if hit is not None and now - hit[0] < IFINDEX_CACHE_S:
+        return hit[1]
     try:
-        return socket.if_nametoindex(egress)
+        index = socket.if_nametoindex(egress)
     except OSError:
         raise TargetError(f"no interface named {egress!r}") from None
+    _ifindex_cache[egress] = (now, index)
+    return index
 
 
 def require_interfaces(names: Iterable[str]) -> None:
@@ -147,6 +158,7 @@ class XdpTarget:
                 self._fds[name] = fd
                 self._own_fds.append(fd)
         self._ncpus = libbpf.num_possible_cpus()
+        self._ports: set[int] = set()  # in mosto_tx_ports already (by this process)
         self._ids = IdAllocator(abi.MAX_ENTRIES, (v.id for _, v in self._raw_entries()))
 
     def _load(self, hook: str, obj_path: Path | str | None = None) -> libbpf.BpfObject:
@@ -250,6 +262,7 @@ class XdpTarget:
             libbpf.map_update(self._fds["mosto_tx_ports"], idx, ctypes.c_uint32(ifindex))
         except libbpf.BpfError as exc:
             raise TargetError(f"cannot use ifindex {ifindex} as egress: {exc}") from None
+        self._ports.add(ifindex)
 
     # -- entries ----------------------------------------------------------
 
@@ -264,7 +277,7 @@ class XdpTarget:
         """Installs or replaces one entry; returns its id. Stats restart at 0."""
         key = abi.encode_key(entry.match)
         ifindex = 0 if entry.learn else ifindex_of(entry.egress)
-        if ifindex:
+        if ifindex and ifindex not in self._ports:
             self.add_port(ifindex)
         fd = self._fds["mosto_splice"]
         old = abi.SpliceEntry()
