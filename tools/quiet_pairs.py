@@ -3,7 +3,7 @@
 namespace of a tools/topology.py topology (nsenter --net):
 
     quiet_pairs.py run --client-ns NS --server-ns NS --agent SOCK --flows N
-        [--connections C] [--agent-pid PID] [--sync]
+        [--connections C] [--batch K] [--agent-pid PID] [--sync]
     quiet_pairs.py install --pin-dir DIR --first K --count N
 
 run: N quiet TCP pairs, as a proxy has them: a client (a process of this
@@ -11,7 +11,8 @@ script in the client's namespace) connects to a listener here, which connects
 on to a listener in the server's namespace (another one, there: descriptors
 are limited per process). Then, over C agent connections (a thread
 each): register every pair (AgentClient.register), offload every pair
-(AgentClient.offload, timed alone), release the splices, close everything.
+(AgentClient.offload, timed alone; with --batch K, AgentClient.offload_many
+of K pairs at a time), release the splices, close everything.
 With --sync it waits for a line on stdin between register and offload (the
 benchmark attaches a profiler then). Prints progress on stderr and one JSON
 result on stdout: each offload's latency, each phase's wall time, this
@@ -161,6 +162,8 @@ def run(args) -> dict:
 
     def offload(i: int, share: list) -> dict:
         out = {"ms": [], "cpu": 0.0, "splices": [], "refused": Counter()}
+        if args.batch > 1:
+            return offload_batches(i, share, out)
         for a, b in share:
             c0, t = time.thread_time(), time.perf_counter()
             try:
@@ -173,6 +176,25 @@ def run(args) -> dict:
             out["splices"].append(splice["id"])
             a.close()  # neutralised: nothing is sent
             b.close()
+        return out
+
+    def offload_batches(i: int, share: list, out: dict) -> dict:
+        """offload_many of args.batch pairs at a time: each flow's latency is its
+        batch's, from the send to the answer."""
+        for k in range(0, len(share), args.batch):
+            batch = share[k : k + args.batch]
+            c0, t = time.thread_time(), time.perf_counter()
+            got = conns[i].offload_many(batch)
+            ms = (time.perf_counter() - t) * 1e3
+            out["cpu"] += time.thread_time() - c0
+            for (a, b), splice in zip(batch, got, strict=True):
+                if isinstance(splice, Refused):
+                    out["refused"][splice.code] += 1
+                    continue
+                out["ms"].append(ms)
+                out["splices"].append(splice["id"])
+                a.close()
+                b.close()
         return out
 
     cpu0, t0 = agent_cpu(), time.monotonic()
@@ -210,6 +232,7 @@ def run(args) -> dict:
     return {
         "flows": args.flows,
         "connections": args.connections,
+        "batch": args.batch,
         "offloaded": offloaded,
         "refused": dict(refused),
         "offload_ms": ms,
@@ -290,6 +313,7 @@ def main() -> int:
     r.add_argument("--agent-pid", type=int, help="for the agent's CPU over each phase")
     r.add_argument("--flows", type=int, default=200)
     r.add_argument("--connections", type=int, default=1, help="agent connections (threads)")
+    r.add_argument("--batch", type=int, default=1, help="pairs per request (offload_many when > 1)")
     r.add_argument("--port", type=int, default=8950, help="the listener here (client side)")
     r.add_argument("--server-port", type=int, default=9100, help="the server's listener")
     r.add_argument("--sync", action="store_true", help="wait for stdin between the phases")

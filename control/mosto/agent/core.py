@@ -508,6 +508,19 @@ class Agent:
         self._emit({"event": "spliced", "splice": splice.to_json()}, splice.owner)
         return splice
 
+    def offload_many(
+        self, pairs: Sequence[tuple[socket.socket, socket.socket]], caller: Caller = TRUSTED
+    ) -> list[Splice | refusal.Refused]:
+        """offload() of each pair in turn, in one request: each pair's splice,
+        or the refusal of that pair alone."""
+        out: list[Splice | refusal.Refused] = []
+        for a, b in pairs:
+            try:
+                out.append(self.offload(a, b, caller))
+            except refusal.Refused as exc:
+                out.append(exc)
+        return out
+
     def _offload(self, a: socket.socket, b: socket.socket, caller: Caller) -> Splice:
         pair = self._flows(a, b)
         with self._flow_locks.locked(pair.from_client, pair.from_server):

@@ -380,8 +380,9 @@ class AgentServer:
         try:
             req = requests.parse(doc, len(fds))
             rid = req.id
-            for fd, name in zip(fds, ("client", "server"), strict=False):
+            for i, fd in enumerate(fds):
                 if not trust.is_socket(fd):
+                    name = ("client", "server")[i % 2]
                     raise refusal.NotTcp(f"the {name} descriptor is not a socket")
             while fds:  # each descriptor is owned by its socket object once made
                 socks.append(socket.socket(fileno=fds[0]))
@@ -416,6 +417,15 @@ class AgentServer:
             return [{"ok": True}]
         if req.op == "offload":
             return [{"ok": True, "splice": agent.offload(socks[0], socks[1], caller).to_json()}]
+        if req.op == "offload_many":
+            pairs = list(zip(socks[::2], socks[1::2], strict=True))
+            results = [
+                _error(got)
+                if isinstance(got, refusal.Refused)
+                else {"ok": True, "splice": got.to_json()}
+                for got in agent.offload_many(pairs, caller)
+            ]
+            return paging.pages({"ok": True, "results": results}, "results")
         if req.op == "release":
             assert req.splice is not None
             return [{"ok": True, "stats": agent.release(req.splice, caller=caller)}]

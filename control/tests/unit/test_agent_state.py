@@ -229,3 +229,46 @@ def test_fin_events_are_reported_once_per_side(target):
     agent.on_event(FROM_SERVER, TCP_FIN)
     events = [watch.get_nowait() for _ in range(watch.qsize())]
     assert [(e["event"], e["from"]) for e in events] == [("fin", "client"), ("fin", "server")]
+
+
+def _pair_of_flows():
+    from mosto.agent.handover import Pair
+
+    return Pair(FROM_CLIENT, FROM_SERVER)
+
+
+def test_a_flow_quiet_since_long_before_the_read_needs_no_settle(target):
+    agent = Agent(target)
+    for flow in (FROM_CLIENT, FROM_SERVER):
+        target.add(Entry.learning(flow))
+    agent = Agent(target)
+    target.hit(FROM_CLIENT, tsval=111)
+    target.hit(FROM_SERVER, tsval=222)
+    tsvals, last = agent._learned_now(_pair_of_flows())
+    assert tsvals == (111, 222)
+    assert last is not None
+    assert agent._needs_settle(last, read_at=last + 0.001), "a packet 1 ms before the read"
+    assert not agent._needs_settle(last, read_at=last + 1.0), "the last packet 1 s before"
+
+
+def test_a_flow_without_learning_entries_or_on_a_switch_always_settles(target):
+    agent = Agent(target)
+    tsvals, last = agent._learned_now(_pair_of_flows())
+    assert tsvals == (None, None) and last is None
+    assert agent._needs_settle(last, read_at=time.monotonic())
+    switch = Agent(MemoryTarget(), port_map={"pc": 1, "ps": 2})
+    assert switch._needs_settle(0.0, read_at=time.monotonic() + 100)
+
+
+def test_a_tsval_read_before_an_entry_reset_is_kept(target):
+    """The learning entry's TSval is remembered: a re-installed entry (a rolled
+    back hand-over) has none, and the one learned before still anchors PAWS."""
+    target.add(Entry.learning(FROM_CLIENT))
+    target.add(Entry.learning(FROM_SERVER))
+    agent = Agent(target)
+    target.hit(FROM_CLIENT, tsval=5)
+    target.hit(FROM_SERVER, tsval=6)
+    agent._learned_now(_pair_of_flows())
+    target.add(Entry.learning(FROM_CLIENT))  # stats restart at 0
+    target.add(Entry.learning(FROM_SERVER))
+    assert agent._learned_now(_pair_of_flows())[0] == (5, 6)
