@@ -22,9 +22,11 @@
 /* ---- sizes --------------------------------------------------------------- */
 
 /* Splice entries (mosto_splice) and their stats slots (mosto_stats): an
- * entry's id indexes its stats, so both tables have this size. */
+ * entry's id indexes its stats, so both tables have this size. Two entries
+ * per splice: 50,000 live splices and their flows' learning entries fit.
+ * The stats are per CPU: 131072 x 32 bytes x possible CPUs of memory. */
 #ifndef MOSTO_MAX_ENTRIES
-#define MOSTO_MAX_ENTRIES 65536
+#define MOSTO_MAX_ENTRIES 131072
 #endif
 
 /* Egress ports a hit may be redirected to (mosto_tx_ports): interfaces for

@@ -319,17 +319,31 @@ SCAN_S = 30.0  # the agent's idle scan interval at its default --idle-timeout (3
 def scale_cap(flows: int) -> tuple[int, str]:
     """The most made-up splices an agent can hold here beside flows real ones: two
     entries each in the table, two reservation sockets each under the agent's
-    descriptor limit (which it inherits: it raises its soft limit to the hard)."""
+    descriptor limit (as root it raises its hard limit as far as fs.nr_open)."""
+    from mosto.agent.app import fds_needed
+    from mosto.agent.server import Limits
     from mosto.targets.xdp.abi import MAX_ENTRIES
 
     table = (MAX_ENTRIES - 4 * flows - 64) // 2
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    fds = (hard - 2 * flows - 1024) // 2 if hard != resource.RLIM_INFINITY else table
-    return (
-        (fds, f"descriptors (hard limit {hard})")
-        if fds < table
-        else (table, f"table ({MAX_ENTRIES} entries)")
-    )
+    ceiling, why = fd_ceiling()
+    other = fds_needed(0, Limits())  # what the agent keeps beside its reservations
+    fds = (ceiling - other - 2 * flows) // 2
+    return (fds, f"descriptors ({why})") if fds < table else (table, f"table ({MAX_ENTRIES})")
+
+
+def fd_ceiling() -> tuple[int, str]:
+    """The descriptor limit the agent can reach: fs.nr_open if root here may
+    raise a hard limit (CAP_SYS_RESOURCE), else the hard limit it inherits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    if hard == resource.RLIM_INFINITY:
+        return nr_open, f"fs.nr_open {nr_open}"
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard + 1))
+    except (ValueError, OSError):
+        return hard, f"hard limit {hard}: no CAP_SYS_RESOURCE to raise it"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return nr_open, f"fs.nr_open {nr_open}"
 
 
 def scale(bench: Bench, procs: Processes, agent, levels: list[int], flows: int, idle_s: float):

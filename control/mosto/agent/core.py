@@ -797,9 +797,11 @@ class Agent:
         self._emit(event, splice.owner)
         return stats
 
-    def _splice_stats(self, splice: Splice) -> dict[str, Any]:
+    def _splice_stats(self, splice: Splice, got: dict | None = None) -> dict[str, Any]:
+        """got: stats read already (of many splices at once)."""
         out: dict[str, Any] = {}
-        got = self.target.stats_many([splice.to_server.match, splice.to_client.match])
+        if got is None:
+            got = self.target.stats_many([splice.to_server.match, splice.to_client.match])
         for name, e in (("to_server", splice.to_server), ("to_client", splice.to_client)):
             st = got.get(e.match)
             out[name] = {"packets": st.packets, "bytes": st.bytes} if st else None
@@ -818,9 +820,13 @@ class Agent:
 
     def stats(self, caller: Caller = TRUSTED) -> dict[str, Any]:
         """Everything for root and admins; a caller's own splices, learning
-        entries and hand-overs otherwise (the data plane's counters are global)."""
+        entries and hand-overs otherwise (the data plane's counters are global).
+        The splices' stats are read in one batch, outside the lock."""
         with self._lock:
-            splices = [{**s.to_json(), **self._splice_stats(s)} for s in self._visible(caller)]
+            visible = self._visible(caller)
+        got = self.target.stats_many([m for s in visible for m in _matches(s)])
+        with self._lock:
+            splices = [{**s.to_json(), **self._splice_stats(s, got)} for s in visible]
             if caller.sees_all:
                 return {
                     "splices": splices,

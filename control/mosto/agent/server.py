@@ -430,9 +430,11 @@ class AgentServer:
             assert req.splice is not None
             return [{"ok": True, "stats": agent.release(req.splice, caller=caller)}]
         if req.op == "list":
-            return paging.pages({"ok": True, "splices": agent.list(caller)}, "splices")
+            splices = agent.list(caller)
+            return paging.pages({"ok": True, "splices": splices, "count": len(splices)}, "splices")
         if req.op == "stats":
-            return paging.pages({"ok": True, **agent.stats(caller)}, "splices")
+            stats = agent.stats(caller)
+            return paging.pages({"ok": True, **stats, "count": len(stats["splices"])}, "splices")
         return [{"ok": True}]  # watch: events follow
 
     # -- background --------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import socket
 import time
@@ -105,6 +106,26 @@ def default_hook(ifname: str) -> str:
     peer of every redirect target and turns GSO off on the path, so every
     1500-byte frame costs a run; tc sees GSO super-frames of up to 64 KiB."""
     return "tc" if is_veth(ifname) else "xdp"
+
+
+BATCH_READ_MIN = 256  # entries from which one batched read of everything is cheaper
+
+
+@functools.lru_cache(maxsize=2 * abi.MAX_ENTRIES)  # the reaper asks for every entry each scan
+def _key_bytes(match: FlowKey) -> bytes:
+    return bytes(abi.encode_key(match))
+
+
+def _sum_stats(per_cpu: ctypes.Array) -> EntryStats:
+    # Any TSval the sender used is a safe anchor; take the most recent CPU's.
+    learned = [s for s in per_cpu if s.has_tsval]
+    latest = max(learned, key=lambda s: s.last_seen_ns) if learned else None
+    return EntryStats(
+        packets=sum(s.packets for s in per_cpu),
+        bytes=sum(s.bytes for s in per_cpu),
+        last_seen_ns=max(s.last_seen_ns for s in per_cpu),
+        tsval=latest.last_tsval if latest else None,
+    )
 
 
 def ifname_of(ifindex: int) -> int | str:
@@ -267,11 +288,7 @@ class XdpTarget:
     # -- entries ----------------------------------------------------------
 
     def _raw_entries(self) -> Iterator[tuple[abi.SpliceKey, abi.SpliceEntry]]:
-        fd = self._fds["mosto_splice"]
-        for key in libbpf.map_keys(fd, abi.SpliceKey):
-            value = abi.SpliceEntry()
-            if libbpf.map_lookup(fd, key, value):
-                yield key, value
+        return libbpf.map_lookup_batch(self._fds["mosto_splice"], abi.SpliceKey, abi.SpliceEntry)
 
     def add(self, entry: Entry) -> int:
         """Installs or replaces one entry; returns its id. Stats restart at 0."""
@@ -329,25 +346,39 @@ class XdpTarget:
         return self.stats_by_id(entry_id)
 
     def stats_many(self, matches: Iterable[FlowKey]) -> dict[FlowKey, EntryStats]:
+        """Two lookups per entry for a few; for many, the whole table and the
+        whole stats array in batches (the reaper's scan of 100,000 entries)."""
+        wanted = list(matches)
+        if len(wanted) >= BATCH_READ_MIN:
+            return self._stats_batched(wanted)
         out = {}
-        for match in matches:
+        for match in wanted:
             entry_id = self.entry_id(match)
             if entry_id is not None:
                 out[match] = self.stats_by_id(entry_id)
         return out
 
+    def _stats_batched(self, matches: list[FlowKey]) -> dict[FlowKey, EntryStats]:
+        ids = {
+            bytes(k): v.id
+            for k, v in libbpf.map_lookup_batch(
+                self._fds["mosto_splice"], abi.SpliceKey, abi.SpliceEntry
+            )
+        }
+        want = {m: ids.get(_key_bytes(m)) for m in matches}
+        needed = {i for i in want.values() if i is not None}
+        per_id: dict[int, EntryStats] = {}
+        for k, per_cpu in libbpf.map_lookup_batch(
+            self._fds["mosto_stats"], ctypes.c_uint32, abi.SpliceStats * self._ncpus
+        ):
+            if k in needed:  # an array of c_uint32 gives ints
+                per_id[k] = _sum_stats(per_cpu)
+        return {m: per_id[i] for m, i in want.items() if i is not None and i in per_id}
+
     def stats_by_id(self, entry_id: int) -> EntryStats:
         per_cpu = (abi.SpliceStats * self._ncpus)()
         libbpf.map_lookup(self._fds["mosto_stats"], ctypes.c_uint32(entry_id), per_cpu)
-        # Any TSval the sender used is a safe anchor; take the most recent CPU's.
-        learned = [s for s in per_cpu if s.has_tsval]
-        latest = max(learned, key=lambda s: s.last_seen_ns) if learned else None
-        return EntryStats(
-            packets=sum(s.packets for s in per_cpu),
-            bytes=sum(s.bytes for s in per_cpu),
-            last_seen_ns=max(s.last_seen_ns for s in per_cpu),
-            tsval=latest.last_tsval if latest else None,
-        )
+        return _sum_stats(per_cpu)
 
     def counters(self) -> dict[str, int]:
         out = {}
