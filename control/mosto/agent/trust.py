@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from mosto.agent.kernel import sockinfo
+from mosto.agent.kernel import netinfo, sockinfo
 from mosto.agent.kernel.tcpstate import Address, TcpState
 from mosto.wire import refusal
 
@@ -75,14 +75,18 @@ def _is_local(addr: Address) -> bool:
 
 
 def refresh_local() -> None:
-    """For the agent's reaper: looks again at the addresses asked about in the
-    last LOCAL_CACHE_S whose answer is half that old; forgets the others."""
+    """For the agent's reaper: looks again at the answers half LOCAL_CACHE_S old
+    of the addresses asked about most recently (as netinfo.refresh does);
+    forgets the ones not asked about in netinfo.KEEP_FRESH_S."""
     now = time.monotonic()
     with _local_lock:
-        for addr in [a for a, used in _local_used.items() if now - used > LOCAL_CACHE_S]:
+        for addr in [a for a, used in _local_used.items() if now - used > netinfo.KEEP_FRESH_S]:
             del _local_used[addr]
             _local.pop(addr, None)
-        due = [a for a, (at, _) in _local.items() if now - at >= LOCAL_CACHE_S / 2]
+        due = sorted(
+            (a for a, (at, _) in _local.items() if now - at >= LOCAL_CACHE_S / 2),
+            key=lambda a: -_local_used.get(a, 0.0),
+        )[: netinfo.REFRESH_MAX]
     for addr in due:
         local = sockinfo.is_local(addr)
         with _local_lock:

@@ -1,10 +1,11 @@
 """Where the host sends a packet to an address: interface, our MAC, next hop's MAC.
 
 A lookup through pyroute2 costs a millisecond or two (route, link and
-neighbour requests), too much for every hand-over. Answers are cached for a
-second, and the agent's reaper calls refresh() twice a second, which looks
-again at the answers hand-overs used lately: a hand-over pays for a lookup only
-the first time it meets an address (or after a pause of seconds).
+neighbour requests; 5-20 ms on a loaded host), too much for every hand-over.
+Answers are used for a second at most, and the agent's reaper calls refresh()
+twice a second, which looks again at the answers of the addresses hand-overs
+asked for in the last 30 s (the 32 most recent): a hand-over pays for a lookup
+only when it meets an address the first time in a while.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class NextHop:
 
 
 CACHE_TTL_S = 1.0  # routes and neighbours rarely change
+KEEP_FRESH_S = 30.0  # refresh() keeps the answers of addresses asked for this recently
+REFRESH_MAX = 32  # answers refresh() looks up again per call (each costs ~1 ms)
 _cache: dict[tuple[int, Address], tuple[float, NextHop]] = {}  # (netns, dst) -> (when, hop)
 _used: dict[tuple[int, Address], float] = {}  # when a hand-over last asked
 _cache_lock = threading.Lock()
@@ -75,15 +78,19 @@ def next_hop(dst: Address) -> NextHop:
 
 
 def refresh() -> None:
-    """Looks again at the answers used in the last second that are half a
-    second old or more (in the caller's namespace); forgets the rest."""
+    """Looks again at the answers half a second old or more (in the caller's
+    namespace) of the REFRESH_MAX addresses asked for most recently within
+    KEEP_FRESH_S; forgets the answers not asked for in that long."""
     now = time.monotonic()
     ns = netns()
     with _cache_lock:
-        for key in [k for k, used in _used.items() if now - used > CACHE_TTL_S]:
+        for key in [k for k, used in _used.items() if now - used > KEEP_FRESH_S]:
             del _used[key]
             _cache.pop(key, None)
-        due = [k for k, (at, _) in _cache.items() if k[0] == ns and now - at >= CACHE_TTL_S / 2]
+        due = sorted(
+            (k for k, (at, _) in _cache.items() if k[0] == ns and now - at >= CACHE_TTL_S / 2),
+            key=lambda k: -_used.get(k, 0.0),
+        )[:REFRESH_MAX]
     for key in due:
         try:
             hop = rtnl(lambda ipr: _lookup(ipr, key[1]), ns)  # noqa: B023
