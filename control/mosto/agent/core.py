@@ -436,10 +436,11 @@ class Agent:
                 if flow not in self._learning and self.target.entry_id(flow) is None:
                     self._add(Entry.learning(flow))
                     self._learning[flow] = Learning(flow, owner=owner)
+        got = self.target.stats_many([flow for _, _, flow in sides])  # one read for both
         missing = [
             (sock, st)
             for sock, st, flow in sides
-            if flow in self._learning and self._learned_tsval(flow) is None
+            if flow in self._learning and self._remember_tsval(flow, got.get(flow)) is None
         ]
         if not missing:
             return
