@@ -47,7 +47,7 @@ def test_an_answer_is_used_for_a_second_then_looked_up_again(lookups):
 
 def test_refresh_keeps_recent_answers_fresh_and_forgets_old_ones(lookups):
     netinfo.next_hop(ip("10.0.0.1"))
-    _age(netinfo.CACHE_TTL_S)  # stale, used a second ago: refreshed
+    _age(netinfo.CACHE_TTL_S)  # stale, but asked for lately: refreshed
     netinfo.refresh()
     assert len(lookups) == 2
     netinfo.next_hop(ip("10.0.0.1"))

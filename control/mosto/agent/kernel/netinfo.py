@@ -1,11 +1,12 @@
 """Where the host sends a packet to an address: interface, our MAC, next hop's MAC.
 
 A lookup through pyroute2 costs a millisecond or two (route, link and
-neighbour requests; 5-20 ms on a loaded host), too much for every hand-over.
-Answers are used for a second at most, and the agent's reaper calls refresh()
-twice a second, which looks again at the answers of the addresses hand-overs
-asked for in the last 30 s (the 32 most recent): a hand-over pays for a lookup
-only when it meets an address the first time in a while.
+neighbour requests; 5-20 ms on a loaded host), all of it holding the GIL: too
+much for every hand-over. Answers are used for CACHE_TTL_S at most, and the
+agent's reaper calls refresh() twice a second, which looks again at the
+answers of the addresses hand-overs asked for in the last KEEP_FRESH_S (the 32
+most recent) once they are half that old: a hand-over pays for a lookup only
+when it meets an address the first time in a while.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ class NextHop:
     dmac: str
 
 
-CACHE_TTL_S = 1.0  # routes and neighbours rarely change
-KEEP_FRESH_S = 30.0  # refresh() keeps the answers of addresses asked for this recently
-REFRESH_MAX = 32  # answers refresh() looks up again per call (each costs ~1 ms)
+# Routes and neighbours rarely change, and a splice keeps the next hop it was
+# made with anyway: a change reaches new splices within CACHE_TTL_S.
+CACHE_TTL_S = 5.0
+KEEP_FRESH_S = 10.0  # refresh() keeps the answers of addresses asked for this recently
+REFRESH_MAX = 32  # answers refresh() looks up again per call (each costs ~1.5 ms of GIL)
 _cache: dict[tuple[int, Address], tuple[float, NextHop]] = {}  # (netns, dst) -> (when, hop)
 _used: dict[tuple[int, Address], float] = {}  # when a hand-over last asked
 _cache_lock = threading.Lock()
@@ -78,7 +81,7 @@ def next_hop(dst: Address) -> NextHop:
 
 
 def refresh() -> None:
-    """Looks again at the answers half a second old or more (in the caller's
+    """Looks again at the answers half CACHE_TTL_S old or more (in the caller's
     namespace) of the REFRESH_MAX addresses asked for most recently within
     KEEP_FRESH_S; forgets the answers not asked for in that long."""
     now = time.monotonic()
