@@ -550,9 +550,7 @@ class Agent:
                 # takes it for the table changes only.
                 record = self._note_repair(caller, a, b)
                 try:
-                    splice, anchors = self._frozen_install(
-                        a, b, pair, to_server_hop, to_client_hop
-                    )
+                    splice, anchors = self._frozen_install(a, b, pair, to_server_hop, to_client_hop)
                 finally:  # out of repair mode, spliced or not (or this agent is dead)
                     if record is not None and self.repairlog is not None:
                         self.repairlog.remove(record)
