@@ -22,7 +22,7 @@ def test_package_data_is_the_shared_header():
 def test_values():
     assert contract.COUNTERS[0] == "hit_tx" and contract.COUNTERS[-1] == "pass_learn"
     assert contract.NUM_COUNTERS == len(contract.COUNTERS) == 12
-    assert contract.EVENTS_BYTES == 256 * 1024
+    assert contract.EVENTS_BYTES == 4 * 1024 * 1024
     assert contract.MAX_PORTS == 512
     assert (contract.SPLICE_F_TS, contract.SPLICE_F_NAT, contract.SPLICE_F_LEARN) == (1, 2, 4)
     assert (contract.TCP_FIN, contract.TCP_RST) == (0x01, 0x04)
