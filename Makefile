@@ -14,7 +14,7 @@ BPF_DEFINES ?=
 BPF_OBJS := build/splice.bpf.o build/parse_only.bpf.o build/splice_tc.bpf.o build/parse_only_tc.bpf.o
 BPF_HDRS := $(wildcard ebpf/*.h ebpf/ctx/*.h) shared/contract.h
 
-.PHONY: all deps build test lint typecheck unit fresh-host-test bench demo demo-wan repro xdp-test tc-test bmv2-test install-objects clean
+.PHONY: all deps build test lint typecheck unit fresh-host-test bench stress demo demo-wan repro xdp-test tc-test bmv2-test install-objects clean
 
 all: build
 
@@ -57,8 +57,9 @@ fresh-host-test: build
 	  'while umount /sys/fs/bpf 2>/dev/null; do :; done; \
 	   $(PY) -m pytest -q -p no:cacheprovider $(FRESH_HOST_TESTS) -k "quiet or 1MiB"'
 
+# The stress module fits (about 45 s on 2 cores): make test runs it too.
 test: build lint typecheck
-	$(PY) -m pytest -q
+	MOSTO_STRESS=1 $(PY) -m pytest -q
 	$(MAKE) --no-print-directory fresh-host-test
 	$(MAKE) --no-print-directory xdp-test
 	$(MAKE) --no-print-directory tc-test
@@ -76,6 +77,11 @@ bmv2-test: build
 	$(PY) -m pytest -q control/tests/e2e/test_bmv2_handover.py control/tests/e2e/test_bmv2_shell.py \
 	    control/tests/unit/test_bmv2_entry_encoding.py
 	$(PY) tools/diff_bmv2.py --examples 1500
+
+# 5,000 quiet and 200 bulk flows handed over at once, every byte checked
+# (control/tests/e2e/test_stress.py; the normal run skips it).
+stress: build
+	MOSTO_STRESS=1 $(PY) -m pytest -q control/tests/e2e/test_stress.py
 
 # bench_throughput.py also gives tools/bench_xdp.py's per-packet costs (its fixtures).
 bench: build

@@ -3,7 +3,7 @@
 namespace of a tools/topology.py topology (nsenter --net):
 
     quiet_pairs.py run --client-ns NS --server-ns NS --agent SOCK --flows N
-        [--connections C] [--agent-pid PID] [--sync]
+        [--connections C] [--batch K] [--agent-pid PID] [--sync]
     quiet_pairs.py install --pin-dir DIR --first K --count N
 
 run: N quiet TCP pairs, as a proxy has them: a client (a process of this
@@ -11,7 +11,8 @@ script in the client's namespace) connects to a listener here, which connects
 on to a listener in the server's namespace (another one, there: descriptors
 are limited per process). Then, over C agent connections (a thread
 each): register every pair (AgentClient.register), offload every pair
-(AgentClient.offload, timed alone), release the splices, close everything.
+(AgentClient.offload, timed alone; with --batch K, AgentClient.offload_many
+of K pairs at a time), release the splices, close everything.
 With --sync it waits for a line on stdin between register and offload (the
 benchmark attaches a profiler then). Prints progress on stderr and one JSON
 result on stdout: each offload's latency, each phase's wall time, this
@@ -28,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import ipaddress
 import json
 import random
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -78,7 +81,10 @@ def make_pairs(args) -> tuple[list, list]:
     """The proxy's [(client side, server side)] and the two processes holding the
     other ends (the client's and the server's: descriptors are limited per process)."""
     n = str(args.flows)
-    server = ends(args.server_ns, "--listen", f"{SERVER4}:{args.server_port}", "--count", n)
+    server = ends(
+        args.server_ns, "--listen", f"{SERVER4}:{args.server_port}", "--count", n,
+        "--seed", str(1 << 32),
+    )  # fmt: skip
     expect(server, "ready")
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -114,9 +120,46 @@ def hold_ends(args) -> None:
     else:
         socks = [socket.create_connection((host, int(port))) for _ in range(args.count)]
     print("held", flush=True)
-    sys.stdin.read()
+    for line in sys.stdin:  # "verify N": the exchange; EOF: close and go
+        if line.startswith("verify"):
+            print(json.dumps(exchange(socks, int(line.split()[1]), args.seed)), flush=True)
     for s in socks:
         s.close()
+
+
+FIN_WAVE = 250  # FINs sent at once by exchange(): a proxy host's flows do not all end in 1 ms
+
+
+def exchange(socks: list, size: int, seed0: int) -> dict:
+    """Through every connection (spliced by now): send a header naming a seed and
+    size bytes of that seed's stream, read the peer's and check its sha256
+    against the stream regenerated here, then a FIN each way (in waves: a FIN
+    dropped by an overflowing backlog comes again 200 ms later, and the agent
+    takes a splice whose packets go on after its FINs for a spoofed FIN's, which
+    it keeps). Sizes fit the socket buffers, so no side waits for the other."""
+    from traffic import digest, stream
+
+    for i, s in enumerate(socks):
+        s.sendall(struct.pack("!Q", seed0 + i))
+        for block in stream(size, seed0 + i):
+            s.sendall(block)
+    ok = bad = 0
+    for s in socks:
+        data = b""
+        while len(data) < 8 + size:
+            chunk = s.recv(8 + size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        seed = struct.unpack("!Q", data[:8])[0] if len(data) >= 8 else -1
+        good = len(data) == 8 + size and hashlib.sha256(data[8:]).hexdigest() == digest(size, seed)
+        ok, bad = ok + good, bad + (not good)
+    for k, s in enumerate(socks):
+        s.shutdown(socket.SHUT_WR)
+        if k % FIN_WAVE == FIN_WAVE - 1:
+            time.sleep(0.002)  # 10,000 FINs at once overflow a veth's backlog
+    eof = sum(1 for s in socks if s.recv(1) == b"")  # the peer's FIN, nothing more
+    return {"ok": ok, "bad": bad, "fin": eof}
 
 
 def in_parallel(work, shares: list) -> list:
@@ -161,6 +204,8 @@ def run(args) -> dict:
 
     def offload(i: int, share: list) -> dict:
         out = {"ms": [], "cpu": 0.0, "splices": [], "refused": Counter()}
+        if args.batch > 1:
+            return offload_batches(i, share, out)
         for a, b in share:
             c0, t = time.thread_time(), time.perf_counter()
             try:
@@ -175,6 +220,25 @@ def run(args) -> dict:
             b.close()
         return out
 
+    def offload_batches(i: int, share: list, out: dict) -> dict:
+        """offload_many of args.batch pairs at a time: each flow's latency is its
+        batch's, from the send to the answer."""
+        for k in range(0, len(share), args.batch):
+            batch = share[k : k + args.batch]
+            c0, t = time.thread_time(), time.perf_counter()
+            got = conns[i].offload_many(batch)
+            ms = (time.perf_counter() - t) * 1e3
+            out["cpu"] += time.thread_time() - c0
+            for (a, b), splice in zip(batch, got, strict=True):
+                if isinstance(splice, Refused):
+                    out["refused"][splice.code] += 1
+                    continue
+                out["ms"].append(ms)
+                out["splices"].append(splice["id"])
+                a.close()
+                b.close()
+        return out
+
     cpu0, t0 = agent_cpu(), time.monotonic()
     reg_cpu = sum(in_parallel(register, shares))
     register_s, agent_register_s = time.monotonic() - t0, agent_cpu() - cpu0
@@ -183,6 +247,10 @@ def run(args) -> dict:
     if args.sync:
         print(json.dumps({"phase": "registered"}), flush=True)
         sys.stdin.readline()
+    removed: dict[int, str] = {}
+    if args.verify:  # every removal the agent reports, for the check below
+        threading.Thread(target=watch_removals, args=(args.agent, removed), daemon=True).start()
+        time.sleep(0.2)
     cpu0, t0 = agent_cpu(), time.monotonic()
     got = in_parallel(offload, shares)
     offload_s, agent_offload_s = time.monotonic() - t0, agent_cpu() - cpu0
@@ -197,7 +265,22 @@ def run(args) -> dict:
             conns[i].release(splice_id)
 
     t0 = time.monotonic()
-    in_parallel(release, [g["splices"] for g in got])
+    verified: dict = {}
+    if args.verify:  # the flows carry data end to end, then close: the agent removes them
+        for p in helpers:
+            p.stdin.write(f"verify {args.verify}\n")
+            p.stdin.flush()
+        verified = {
+            name: json.loads(p.stdout.readline())
+            for name, p in zip(("client", "server"), helpers, strict=True)
+        }
+        spliced = {sid for g in got for sid in g["splices"]}
+        deadline = time.monotonic() + 60
+        while not spliced <= set(removed) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        verified["removed"] = dict(Counter(removed.get(sid, "not removed") for sid in spliced))
+    else:
+        in_parallel(release, [g["splices"] for g in got])
     release_s = time.monotonic() - t0
     for conn in conns:
         conn.close()
@@ -210,6 +293,7 @@ def run(args) -> dict:
     return {
         "flows": args.flows,
         "connections": args.connections,
+        "batch": args.batch,
         "offloaded": offloaded,
         "refused": dict(refused),
         "offload_ms": ms,
@@ -220,7 +304,16 @@ def run(args) -> dict:
         "proxy_cpu_offload_s": sum(g["cpu"] for g in got),
         "agent_cpu_register_s": agent_register_s,
         "agent_cpu_offload_s": agent_offload_s,
+        **({"verified": verified} if args.verify else {}),
     }
+
+
+def watch_removals(agent: str, removed: dict[int, str]) -> None:
+    """The agent's removed events: splice id -> reason (ids are unique among
+    live splices, and this run's splices are all live until they end)."""
+    for event in AgentClient(agent).watch():
+        if event.get("event") == "removed":
+            removed[event["splice"]] = event["reason"]
 
 
 @functools.cache
@@ -290,13 +383,23 @@ def main() -> int:
     r.add_argument("--agent-pid", type=int, help="for the agent's CPU over each phase")
     r.add_argument("--flows", type=int, default=200)
     r.add_argument("--connections", type=int, default=1, help="agent connections (threads)")
+    r.add_argument("--batch", type=int, default=1, help="pairs per request (offload_many when > 1)")
     r.add_argument("--port", type=int, default=8950, help="the listener here (client side)")
     r.add_argument("--server-port", type=int, default=9100, help="the server's listener")
     r.add_argument("--sync", action="store_true", help="wait for stdin between the phases")
+    r.add_argument(
+        "--verify",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="after the offloads, BYTES each way through every flow (sha256-checked), "
+        "then FINs; the agent's removals instead of releases",
+    )
     e = sub.add_parser("ends", help="(for run) hold the client's or the server's ends")
     e.add_argument("--listen")
     e.add_argument("--connect")
     e.add_argument("--count", type=int, required=True)
+    e.add_argument("--seed", type=int, default=0, help="first seed of what it sends (verify)")
     i = sub.add_parser("install")
     i.add_argument("--pin-dir", required=True)
     i.add_argument("--first", type=int, default=0)

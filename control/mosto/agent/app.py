@@ -9,6 +9,7 @@ import math
 import resource
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import mosto
 from mosto import failpoints
@@ -20,6 +21,7 @@ from mosto.agent.kernel.tcpstate import probe_repair
 from mosto.agent.server import AgentServer, Limits
 from mosto.agent.txerrors import TxErrors
 from mosto.targets.base import Target, TargetError
+from mosto.wire import protocol
 
 log = logging.getLogger("mosto.agent")
 
@@ -154,9 +156,47 @@ def _serve_metrics(agent: Agent, where: str) -> None:
     start_http_server(int(port), addr=host or "127.0.0.1")
 
 
-def _raise_fd_limit() -> None:
-    """Each splice keeps two reservation sockets, each connection one descriptor."""
+FD_SLACK = 1024  # the agent's own: maps, netlink, nftables, logs
+
+
+def fds_needed(max_entries: int, limits: Limits) -> int:
+    """Two reservation sockets per splice (a splice is two entries: one per
+    entry), one per agent connection, and what requests in flight carry."""
+    return max_entries + limits.connections + limits.workers * protocol.MAX_FDS + FD_SLACK
+
+
+def _raise_fd_limit(need: int, max_entries: int) -> None:
+    """The soft limit to the hard one; as root, the hard one too, as far as
+    need (up to fs.nr_open, the kernel's ceiling), so a full table of splices
+    keeps its reservations."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        try:
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            ceiling = hard
+        want = min(need, ceiling)
+        if want > hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            except (ValueError, OSError) as exc:  # not root, or no CAP_SYS_RESOURCE
+                log.warning(
+                    "descriptor limit %d, %d wanted: %s; splices past about %d keep no "
+                    "reservation and are refused",
+                    hard,
+                    want,
+                    exc,
+                    (hard - (need - max_entries)) // 2,
+                )
+            else:
+                log.info(
+                    "descriptor limit raised from %d to %d: two reservation sockets "
+                    "each for %d splices",
+                    hard,
+                    want,
+                    (want - (need - max_entries)) // 2,
+                )
+                return
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -183,7 +223,8 @@ def run(cfg: AgentConfig) -> int:
         holds = Holds(backstop_s=math.ceil(cfg.hold_timeout) + 2) if cfg.hold else None
     except (TargetError, HoldError, sockdir.UnsafeDirectory) as exc:
         raise ConfigError(str(exc)) from None
-    _raise_fd_limit()
+    max_entries = opened.target.max_entries
+    _raise_fd_limit(fds_needed(max_entries, cfg.limits), max_entries)
     agent = Agent(
         opened.target,
         holds,

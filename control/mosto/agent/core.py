@@ -46,6 +46,9 @@ log = logging.getLogger("mosto.agent")
 
 TCP_FIN, TCP_RST = 0x01, 0x04
 SETTLE_S = 0.002  # after install, for packets already past the data plane to land
+# The data plane stamps entries with the coarse clock (bpf_ktime_get_coarse_ns):
+# a packet may have passed up to one tick (10 ms at HZ=100) after its stamp.
+COARSE_TICK_S = 0.010
 PROBE_WAIT_MIN_S = 0.02  # for a probed peer's answer (or 4 RTTs, if longer)
 PROBE_POLL_S = 0.001
 _SPLICE_OWNER = object()  # _emit: look the owner up (a removed splice's id may be reused)
@@ -476,6 +479,24 @@ class Agent:
             raise refusal.TimestampsUnknown(f"no TSval from the {who} in window yet")
         return tsvals[0], tsvals[1]
 
+    def _last_passed(self, pair: Pair) -> float | None:
+        """When the data plane last passed a packet of either inbound flow to the
+        proxy (monotonic seconds), or None if it cannot tell (a flow without a
+        learning entry). One read of both entries."""
+        got = self.target.stats_many([pair.from_client, pair.from_server])
+        if len(got) < 2:
+            return None
+        return max(st.last_seen_ns for st in got.values()) / 1e9
+
+    def _needs_settle(self, last_passed: float | None, read_at: float) -> bool:
+        """Whether a packet the data plane passed before the entries may still be
+        on its way to a socket read at read_at. A quiet flow's last packet passed
+        long before: no wait. A switch's packets have a wire to cross, and a flow
+        without a learning entry has no stamp: those always wait."""
+        if last_passed is None or self.port_map is not None:
+            return True
+        return last_passed + COARSE_TICK_S + SETTLE_S >= read_at
+
     def _anchor(self, flow: FlowKey, windows: anchor.Windows) -> int | None:
         """The latest in-window TSval the data plane recorded for flow, or the
         last one found before its entry was reset (a rolled-back hand-over
@@ -512,6 +533,19 @@ class Agent:
         failpoints.reach("offload_done")
         self._emit({"event": "spliced", "splice": splice.to_json()}, splice.owner)
         return splice
+
+    def offload_many(
+        self, pairs: Sequence[tuple[socket.socket, socket.socket]], caller: Caller = TRUSTED
+    ) -> list[Splice | refusal.Refused]:
+        """offload() of each pair in turn, in one request: each pair's splice,
+        or the refusal of that pair alone."""
+        out: list[Splice | refusal.Refused] = []
+        for a, b in pairs:
+            try:
+                out.append(self.offload(a, b, caller))
+            except refusal.Refused as exc:
+                out.append(exc)
+        return out
 
     def _offload(self, a: socket.socket, b: socket.socket, caller: Caller) -> Splice:
         pair = self._flows(a, b)
@@ -680,8 +714,11 @@ class Agent:
                 enter_repair(sock)
                 entered.append(sock)
             failpoints.reach("offload_in_repair")
+            read_at = time.monotonic()
             r_a, r_b = read_state(a, repair=True), read_state(b, repair=True)
             check_quiet(r_a, r_b)
+            # Read after the sockets: what passed the data plane before them.
+            last_passed = self._last_passed(pair)
             anchors = ((r_a, receive_window(a, r_a)), (r_b, receive_window(b, r_b)))
             cs, sc = (
                 self._on_port(e)
@@ -690,7 +727,8 @@ class Agent:
 
             def verify() -> None:
                 failpoints.reach("offload_installed")
-                time.sleep(SETTLE_S)
+                if self._needs_settle(last_passed, read_at):
+                    time.sleep(SETTLE_S)
                 v_a, v_b = read_state(a, repair=True), read_state(b, repair=True)
                 change = moved(r_a, v_a) or moved(r_b, v_b)
                 if change:
@@ -811,9 +849,11 @@ class Agent:
         self._emit(event, splice.owner)
         return stats
 
-    def _splice_stats(self, splice: Splice) -> dict[str, Any]:
+    def _splice_stats(self, splice: Splice, got: dict | None = None) -> dict[str, Any]:
+        """got: stats read already (of many splices at once)."""
         out: dict[str, Any] = {}
-        got = self.target.stats_many([splice.to_server.match, splice.to_client.match])
+        if got is None:
+            got = self.target.stats_many([splice.to_server.match, splice.to_client.match])
         for name, e in (("to_server", splice.to_server), ("to_client", splice.to_client)):
             st = got.get(e.match)
             out[name] = {"packets": st.packets, "bytes": st.bytes} if st else None
@@ -832,9 +872,13 @@ class Agent:
 
     def stats(self, caller: Caller = TRUSTED) -> dict[str, Any]:
         """Everything for root and admins; a caller's own splices, learning
-        entries and hand-overs otherwise (the data plane's counters are global)."""
+        entries and hand-overs otherwise (the data plane's counters are global).
+        The splices' stats are read in one batch, outside the lock."""
         with self._lock:
-            splices = [{**s.to_json(), **self._splice_stats(s)} for s in self._visible(caller)]
+            visible = self._visible(caller)
+        got = self.target.stats_many([m for s in visible for m in _matches(s)])
+        with self._lock:
+            splices = [{**s.to_json(), **self._splice_stats(s, got)} for s in visible]
             if caller.sees_all:
                 return {
                     "splices": splices,

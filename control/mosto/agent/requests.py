@@ -9,7 +9,9 @@ from typing import Any
 from mosto.wire import refusal
 
 FD_OPS = frozenset({"register", "hold", "unhold", "offload"})
-OPS = FD_OPS | {"release", "list", "stats", "watch"}
+BATCH_OPS = frozenset({"offload_many"})  # any number of pairs, up to MAX_BATCH
+OPS = FD_OPS | BATCH_OPS | {"release", "list", "stats", "watch"}
+MAX_BATCH = 64  # pairs: 128 descriptors, under the kernel's 253 per message
 MAX_ID_LEN = 64
 MAX_SPLICE_ID = 1 << 53  # ids are below it (agent.core._new_id): exact in JSON
 
@@ -52,9 +54,15 @@ def parse(doc: dict[str, Any], nfds: int) -> Request:
     extra = sorted(k for k in doc if k not in allowed)
     if extra:
         raise refusal.BadRequest(f"{op} takes no field {extra[0][:32]!r}")
-    want = 2 if op in FD_OPS else 0
-    if nfds != want:
-        raise refusal.BadRequest(f"{op} needs {want} descriptors, got {nfds}")
+    if op in BATCH_OPS:
+        if nfds < 2 or nfds % 2 or nfds > 2 * MAX_BATCH:
+            raise refusal.BadRequest(
+                f"{op} needs 2 descriptors per pair, 1 to {MAX_BATCH} pairs; got {nfds}"
+            )
+    else:
+        want = 2 if op in FD_OPS else 0
+        if nfds != want:
+            raise refusal.BadRequest(f"{op} needs {want} descriptors, got {nfds}")
     splice = None
     if op == "release":
         splice = doc.get("splice")

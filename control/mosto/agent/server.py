@@ -3,8 +3,9 @@ connection, a bounded pool of workers for the requests, and the data plane's
 event loop and the reaper beside it.
 
 A connection has one request in flight at most: the loop reads its next
-message only once every page of the answer is queued, so answers come in
-order. Descriptors received are closed exactly once, whatever happens.
+message only once every page of the answer is sent or queued, so answers come
+in order. The worker sends what the socket takes at once itself. Descriptors
+received are closed exactly once, whatever happens.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from mosto.agent import paging, requests, sockdir, trust
 from mosto.agent.core import Agent
+from mosto.agent.kernel import netinfo
 from mosto.agent.trust import Caller
 from mosto.wire import protocol, refusal
 
@@ -58,6 +60,9 @@ class _Conn:
     watching: bool = False
     closed: bool = False
     wake: _Wake | None = None  # a watcher's sink in the agent
+    # A worker sends its answer itself (one thread switch less before the proxy
+    # has it); the loop closes the socket under the same lock.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class _Wake:
@@ -286,14 +291,32 @@ class AgentServer:
         self._pool.submit(self._work, conn, doc, fds)
 
     def _work(self, conn: _Conn, doc: dict[str, Any], fds: list[int]) -> None:
-        """In a worker: the request, then its pages back to the loop."""
+        """In a worker: the request, its pages sent from here as far as the
+        socket takes them, and the rest (and the connection) back to the loop."""
         answers = self.handle(doc, fds, conn.caller)
         watch = doc.get("op") == "watch" and answers[-1].get("ok") is True
         try:
             data = [protocol.encode(a) for a in answers]
         except protocol.ProtocolError as exc:
             data = [protocol.encode(_error(refusal.Internal(str(exc))))]
+        if not watch:
+            data = self._send_now(conn, data)
         self._later(conn, data, done=True, watch=watch)
+
+    @staticmethod
+    def _send_now(conn: _Conn, data: list[bytes]) -> list[bytes]:
+        """What of data the socket did not take now. Only while nothing of an
+        earlier answer waits in conn.out (the loop sends that, in order); the
+        loop neither reads nor writes a busy connection otherwise."""
+        with conn.lock:
+            if conn.closed or conn.out:
+                return data
+            for i, page in enumerate(data):
+                try:
+                    conn.sock.send(page)
+                except (BlockingIOError, OSError):  # the loop retries, or finds it closed
+                    return data[i:]
+        return []
 
     def _later(self, conn: _Conn, data: list[bytes], done: bool, watch: bool = False) -> None:
         self._done.put((conn, data, done, watch))
@@ -361,7 +384,8 @@ class AgentServer:
             self._sel.unregister(conn.sock)
         except KeyError:
             pass
-        conn.sock.close()
+        with conn.lock:
+            conn.sock.close()
         if conn.wake is not None:
             self.agent.unwatch(conn.wake)
         # nft takes a moment: not in the loop.
@@ -379,8 +403,9 @@ class AgentServer:
         try:
             req = requests.parse(doc, len(fds))
             rid = req.id
-            for fd, name in zip(fds, ("client", "server"), strict=False):
+            for i, fd in enumerate(fds):
                 if not trust.is_socket(fd):
+                    name = ("client", "server")[i % 2]
                     raise refusal.NotTcp(f"the {name} descriptor is not a socket")
             while fds:  # each descriptor is owned by its socket object once made
                 socks.append(socket.socket(fileno=fds[0]))
@@ -415,13 +440,24 @@ class AgentServer:
             return [{"ok": True}]
         if req.op == "offload":
             return [{"ok": True, "splice": agent.offload(socks[0], socks[1], caller).to_json()}]
+        if req.op == "offload_many":
+            pairs = list(zip(socks[::2], socks[1::2], strict=True))
+            results = [
+                _error(got)
+                if isinstance(got, refusal.Refused)
+                else {"ok": True, "splice": got.to_json()}
+                for got in agent.offload_many(pairs, caller)
+            ]
+            return paging.pages({"ok": True, "results": results}, "results")
         if req.op == "release":
             assert req.splice is not None
             return [{"ok": True, "stats": agent.release(req.splice, caller=caller)}]
         if req.op == "list":
-            return paging.pages({"ok": True, "splices": agent.list(caller)}, "splices")
+            splices = agent.list(caller)
+            return paging.pages({"ok": True, "splices": splices, "count": len(splices)}, "splices")
         if req.op == "stats":
-            return paging.pages({"ok": True, **agent.stats(caller)}, "splices")
+            stats = agent.stats(caller)
+            return paging.pages({"ok": True, **stats, "count": len(stats["splices"])}, "splices")
         return [{"ok": True}]  # watch: events follow
 
     # -- background --------------------------------------------------------
@@ -445,6 +481,11 @@ class AgentServer:
                 self.agent.expire_holds()
             except Exception:
                 log.exception("holds")
+            try:  # the caches hand-overs read: no netlink round trip in a request
+                netinfo.refresh()
+                trust.refresh_local()
+            except Exception:
+                log.exception("route cache")
 
 
 def _peer_gone(sock: socket.socket) -> bool:

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from mosto.agent.kernel import sockinfo
+from mosto.agent.kernel import netinfo, sockinfo
 from mosto.agent.kernel.tcpstate import Address, TcpState
 from mosto.wire import refusal
 
@@ -47,6 +47,7 @@ TRUSTED = Caller(0)  # in-process callers (tests, the reaper)
 
 _own_netns: int | None = None
 _local: dict[Address, tuple[float, bool]] = {}
+_local_used: dict[Address, float] = {}
 _local_lock = threading.Lock()
 
 
@@ -59,15 +60,38 @@ def own_netns() -> int:
 
 
 def _is_local(addr: Address) -> bool:
+    """Answers at most LOCAL_CACHE_S old; refresh_local() keeps the ones in use
+    fresh, so requests seldom wait for netlink."""
     now = time.monotonic()
     with _local_lock:
         hit = _local.get(addr)
+        _local_used[addr] = now
     if hit and now - hit[0] < LOCAL_CACHE_S:
         return hit[1]
     local = sockinfo.is_local(addr)
     with _local_lock:
         _local[addr] = (now, local)
     return local
+
+
+def refresh_local() -> None:
+    """For the agent's reaper: looks again at the answers half LOCAL_CACHE_S old
+    of the addresses asked about most recently (as netinfo.refresh does);
+    forgets the ones not asked about in netinfo.KEEP_FRESH_S."""
+    now = time.monotonic()
+    with _local_lock:
+        for addr in [a for a, used in _local_used.items() if now - used > netinfo.KEEP_FRESH_S]:
+            del _local_used[addr]
+            _local.pop(addr, None)
+        due = sorted(
+            (a for a, (at, _) in _local.items() if now - at >= LOCAL_CACHE_S / 2),
+            key=lambda a: -_local_used.get(a, 0.0),
+        )[: netinfo.REFRESH_MAX]
+    for addr in due:
+        local = sockinfo.is_local(addr)
+        with _local_lock:
+            if addr in _local_used:
+                _local[addr] = (now, local)
 
 
 def check_distinct(a: socket.socket, b: socket.socket) -> None:

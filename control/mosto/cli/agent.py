@@ -89,8 +89,7 @@ def _ctl_list(args: argparse.Namespace) -> int:
                 if s[d]
             )
         print(line)
-    if not splices:
-        print("no splices")
+    print(f"{len(splices)} splices" if splices else "no splices")
     return 0
 
 

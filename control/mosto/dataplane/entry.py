@@ -32,6 +32,20 @@ class FlowKey:
     sport: int
     dport: int
 
+    def __hash__(self) -> int:
+        """Computed once: a hand-over looks its flows up in a dozen tables, and
+        an ipaddress object hashes through hex() each time."""
+        try:
+            return self.__dict__["_hash"]  # type: ignore[no-any-return]
+        except KeyError:
+            h = hash((self.src, self.dst, self.sport, self.dport))
+            object.__setattr__(self, "_hash", h)
+            return h
+
+    def __getstate__(self) -> dict[str, Any]:
+        # str hashes differ between processes: a pickled key hashes again.
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     @property
     def family(self) -> int:
         return self.src.version

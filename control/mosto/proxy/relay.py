@@ -44,10 +44,14 @@ TCP_REPAIR = 19  # <linux/tcp.h>; reading it needs no privilege
 AGENT_LOST = "agent_lost"  # the agent connection broke: relay the flow to its end
 SPLICED_WITHOUT_ANSWER = "spliced_without_answer"  # ... with our sockets taken
 DRAIN_TIMEOUT_S = 3.0
-# How long a held flow must stay quiet before the offload: past a sender's tail
-# loss probe (Linux sends one 2 RTTs, at least 10 ms, after its last segment),
-# which would otherwise land during the offload and make it refuse.
-QUIET_FOR_S = 0.012
+# How long a held flow must stay quiet before the offload: a held sender can
+# still have a segment on its way. Not past a sender's tail loss probe (2 RTTs,
+# at least 10 ms, after its last segment; 12 ms here before): the probe
+# repeats a segment the proxy has, and the agent's freeze drops data segments
+# between its read of the sockets and the entries, so waiting for it only
+# lengthened every bulk hand-over's stall. A segment that lands before the
+# freeze is a refusal the drain retries at once.
+QUIET_FOR_S = 0.004
 EVENTS_KEPT = 1000
 RETRY_BYTES = 1 << 20  # after a refusal, relay this much more before trying again
 # An agent that dies with our sockets in repair mode: how long its successor

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mosto import failpoints
@@ -92,6 +92,18 @@ class AgentClient:
     def offload(self, conn_a: socket.socket, conn_b: socket.socket) -> dict:
         """The hand-over: the splice (a dict, see PROTOCOL.md), or a Refused."""
         return self._call({"op": "offload"}, (conn_a, conn_b))["splice"]
+
+    def offload_many(
+        self, pairs: Sequence[tuple[socket.socket, socket.socket]]
+    ) -> list[dict | Refused]:
+        """Hand-overs of up to 64 pairs in one request: for each pair, in order,
+        its splice or its Refused (the other pairs are not affected)."""
+        socks = tuple(s for pair in pairs for s in pair)
+        results = self._call({"op": "offload_many"}, socks)["results"]
+        return [
+            r["splice"] if r.get("ok") else refusal.from_code(r["error"], r["message"])
+            for r in results
+        ]
 
     def release(self, splice_id: int) -> dict:
         return self._call({"op": "release", "splice": splice_id})["stats"]

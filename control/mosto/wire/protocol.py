@@ -10,7 +10,7 @@ from typing import Any
 
 DEFAULT_SOCKET = "/run/mosto/agent.sock"
 MAX_MESSAGE = 64 * 1024
-MAX_FDS = 2
+MAX_FDS = 128  # offload_many: 64 pairs (mosto.agent.requests.MAX_BATCH)
 MAX_DEPTH = 8  # requests are flat; answers nest a few levels (splice > entries > entry)
 MAX_NUMBER_DIGITS = 20  # a u64 fits; Python would otherwise parse 4,300-digit integers
 

@@ -380,3 +380,40 @@ def test_two_armed_native_xdp_on_veth_marks_its_interfaces_no_hairpin(veth_pair_
         for name in veth_pair_two:
             XdpTarget.detach(name)
         opened.target.close()
+
+
+def test_batched_reads_see_what_single_lookups_see():
+    """Past BATCH_READ_MIN entries stats_many reads the table and the stats in
+    batches (BPF_MAP_LOOKUP_BATCH); the answer is the per-entry lookups' own."""
+    from mosto.targets.xdp.target import BATCH_READ_MIN
+
+    n = BATCH_READ_MIN + 500
+    entries = [
+        parse_entry(
+            {
+                "match": {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 1000 + i, "dport": 80},
+                "seq_delta": i,
+                "ack_delta": 0,
+                "smac": "02:00:00:00:00:11",
+                "dmac": "02:00:00:00:00:02",
+                "egress": "lo",
+            }
+        )
+        for i in range(n)
+    ]
+    absent = parse_entry({**_to("lo"), "match": {**_to("lo")["match"], "sport": 9}}).match
+    with XdpTarget(pin_dir=None) as t:
+        ids = [t.add(e) for e in entries]
+        ncpus = libbpf.num_possible_cpus()
+        for k, entry_id in enumerate(ids[::7]):  # stats the program would have written
+            per_cpu = (abi.SpliceStats * ncpus)()
+            per_cpu[k % ncpus].packets, per_cpu[k % ncpus].bytes = k + 1, 100 * (k + 1)
+            per_cpu[k % ncpus].last_seen_ns = 10**9 + k
+            libbpf.map_update(t._fds["mosto_stats"], ctypes.c_uint32(entry_id), per_cpu)
+        matches = [e.match for e in entries] + [absent]
+        batched = t.stats_many(matches)
+        single = {m: t.stats_by_id(i) for m, i in zip(matches, ids, strict=False)}
+        assert absent not in batched
+        assert batched == single
+        assert sum(s.packets for s in batched.values()) == sum(range(1, len(ids[::7]) + 1))
+        assert sorted(i for i, _ in t.entries()) == sorted(ids)

@@ -1,5 +1,6 @@
-"""list, stats and watch with many splices, and who sees what: 10,000 splices in
-the in-memory target, served by the real socket server to the real client."""
+"""list, stats, metrics and watch with many splices, and who sees what: 50,000
+splices in the in-memory target, served by the real socket server to the real
+client."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from mosto.targets.memory import MemoryTarget
 from mosto.wire import protocol, refusal
 from mosto.wire.client import AgentClient
 
-N = 10_000
+N = 50_000
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 ALICE, BOB = Caller(1001, conn=1), Caller(1002, conn=2)
 
@@ -71,7 +72,7 @@ def served(tmp_path: Path):
     t.join(5)
 
 
-def test_10000_splices_listed_in_pages_under_the_datagram_limit(served):
+def test_50000_splices_listed_in_pages_under_the_datagram_limit_and_counted(served):
     agent, srv = served
     _spliced(agent, N, owner=0)
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
@@ -88,11 +89,27 @@ def test_10000_splices_listed_in_pages_under_the_datagram_limit(served):
     assert len(pages) > 1 and all(p["id"] == 5 for p in pages)
     assert sum(len(p["splices"]) for p in pages) == N
     assert "counters" in pages[-1] and "counters" not in pages[0]
+    assert pages[-1]["count"] == N and "count" not in pages[0]
     with AgentClient(srv.path) as c:
-        listed = c.list()
+        listed = c._call({"op": "list"})
         stats = c.stats()
-    assert [s["id"] for s in listed] == sorted(s.id for s in agent._splices.values())
-    assert len(stats["splices"]) == N and stats["learning"] == 0
+    assert [s["id"] for s in listed["splices"]] == sorted(s.id for s in agent._splices.values())
+    assert listed["count"] == N
+    assert len(stats["splices"]) == N and stats["count"] == N and stats["learning"] == 0
+
+
+def test_metrics_count_50000_splices(served):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mosto.agent.metrics import AgentCollector
+
+    agent, _ = served
+    _spliced(agent, N, owner=0)
+    registry = CollectorRegistry()
+    registry.register(AgentCollector(agent))
+    text = generate_latest(registry).decode()
+    assert f"mosto_splices {float(N)}" in text
+    assert text.count("mosto_splice_bytes_total{") == 2 * N
 
 
 def test_a_user_sees_and_releases_only_their_own_splices(served):

@@ -77,6 +77,10 @@ def test_malformed_messages_are_protocol_errors(data):
         ({"op": "list", "splice": 1}, 0),
         ({"op": "list"}, 1),
         ({"op": "offload"}, 1),
+        ({"op": "offload"}, 4),
+        ({"op": "offload_many"}, 0),
+        ({"op": "offload_many"}, 3),
+        ({"op": "offload_many"}, 2 * requests.MAX_BATCH + 2),
         ({"op": "list", "id": [1]}, 0),
         ({"op": "list", "id": "x" * 65}, 0),
     ],
@@ -84,6 +88,11 @@ def test_malformed_messages_are_protocol_errors(data):
 def test_requests_with_wrong_fields_are_bad_requests(doc, nfds):
     with pytest.raises(refusal.BadRequest):
         requests.parse(doc, nfds)
+
+
+def test_offload_many_takes_whole_pairs_up_to_the_batch_limit():
+    for nfds in (2, 4, 2 * requests.MAX_BATCH):
+        assert requests.parse({"op": "offload_many"}, nfds).op == "offload_many"
 
 
 def test_a_well_formed_request_parses():
@@ -128,6 +137,20 @@ def test_tcp_socket_and_pipe_are_refused_and_both_closed_once(server):
     os.close(r)
     os.close(w)
     # The agent runs in this process: none of its copies may be left.
+    _no_more_fds_than(before)
+
+
+def test_offload_many_answers_each_pair_and_closes_every_descriptor(server):
+    """Each pair is refused on its own (none is connected), in order, and the
+    agent keeps none of the descriptors."""
+    before = _open_fds()
+    socks = [socket.socket() for _ in range(6)]
+    with _connect(server) as s:
+        answer = _ask(s, b'{"op":"offload_many","id":3}', [x.fileno() for x in socks])
+        assert answer["ok"] is True and answer["id"] == 3 and answer["more"] is False, answer
+        assert [r["error"] for r in answer["results"]] == ["not_connected"] * 3, answer
+    for x in socks:
+        x.close()
     _no_more_fds_than(before)
 
 

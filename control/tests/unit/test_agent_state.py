@@ -229,3 +229,31 @@ def test_fin_events_are_reported_once_per_side(target):
     agent.on_event(FROM_SERVER, TCP_FIN)
     events = [watch.get_nowait() for _ in range(watch.qsize())]
     assert [(e["event"], e["from"]) for e in events] == [("fin", "client"), ("fin", "server")]
+
+
+def _pair_of_flows():
+    from mosto.agent.handover import Pair
+
+    return Pair(FROM_CLIENT, FROM_SERVER)
+
+
+def test_a_flow_quiet_since_long_before_the_read_needs_no_settle(target):
+    agent = Agent(target)
+    for flow in (FROM_CLIENT, FROM_SERVER):
+        target.add(Entry.learning(flow))
+    agent = Agent(target)
+    target.hit(FROM_CLIENT, tsval=111)
+    target.hit(FROM_SERVER, tsval=222)
+    last = agent._last_passed(_pair_of_flows())
+    assert last is not None
+    assert agent._needs_settle(last, read_at=last + 0.001), "a packet 1 ms before the read"
+    assert not agent._needs_settle(last, read_at=last + 1.0), "the last packet 1 s before"
+
+
+def test_a_flow_without_learning_entries_or_on_a_switch_always_settles(target):
+    agent = Agent(target)
+    last = agent._last_passed(_pair_of_flows())
+    assert last is None
+    assert agent._needs_settle(last, read_at=time.monotonic())
+    switch = Agent(MemoryTarget(), port_map={"pc": 1, "ps": 2})
+    assert switch._needs_settle(0.0, read_at=time.monotonic() + 100)

@@ -23,7 +23,7 @@ def test_values():
     assert contract.COUNTERS[0] == "hit_tx" and contract.COUNTERS[-1] == "drop_deep_headers"
     assert contract.NUM_COUNTERS == len(contract.COUNTERS) == 16
     assert (contract.VLAN_MAX, contract.IPV6_EXT_MAX, contract.IPV6_EXT_UNITS) == (2, 6, 32)
-    assert contract.EVENTS_BYTES == 256 * 1024
+    assert contract.EVENTS_BYTES == 4 * 1024 * 1024
     assert contract.MAX_PORTS == 512
     assert (contract.SPLICE_F_TS, contract.SPLICE_F_NAT, contract.SPLICE_F_LEARN) == (1, 2, 4)
     assert (contract.TCP_FIN, contract.TCP_RST) == (0x01, 0x04)

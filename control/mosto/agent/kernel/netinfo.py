@@ -1,7 +1,17 @@
-"""Where the host sends a packet to an address: interface, our MAC, next hop's MAC."""
+"""Where the host sends a packet to an address: interface, our MAC, next hop's MAC.
+
+A lookup through pyroute2 costs a millisecond or two (route, link and
+neighbour requests; 5-20 ms on a loaded host), all of it holding the GIL: too
+much for every hand-over. Answers are used for CACHE_TTL_S at most, and the
+agent's reaper calls refresh() twice a second, which looks again at the
+answers of the addresses hand-overs asked for in the last KEEP_FRESH_S (the 32
+most recent) once they are half that old: a hand-over pays for a lookup only
+when it meets an address the first time in a while.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -26,38 +36,88 @@ class NextHop:
     dmac: str
 
 
-CACHE_TTL_S = 1.0  # routes and neighbours rarely change; a lookup costs ~1 ms
-_cache: dict[Address, tuple[float, NextHop]] = {}
+# Routes and neighbours rarely change, and a splice keeps the next hop it was
+# made with anyway: a change reaches new splices within CACHE_TTL_S.
+CACHE_TTL_S = 5.0
+KEEP_FRESH_S = 10.0  # refresh() keeps the answers of addresses asked for this recently
+REFRESH_MAX = 32  # answers refresh() looks up again per call (each costs ~1.5 ms of GIL)
+_cache: dict[tuple[int, Address], tuple[float, NextHop]] = {}  # (netns, dst) -> (when, hop)
+_used: dict[tuple[int, Address], float] = {}  # when a hand-over last asked
 _cache_lock = threading.Lock()
+_netlink: dict[int, IPRoute] = {}  # one rtnetlink socket per network namespace
+_netlink_lock = threading.Lock()
+
+
+def netns() -> int:
+    """The calling thread's network namespace (setns is per thread)."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+def rtnl(fn, ns: int | None = None):  # type: ignore[no-untyped-def]
+    """fn(ipr) on this namespace's rtnetlink socket, opened once and kept
+    (opening one costs half a millisecond), one caller at a time."""
+    ns = netns() if ns is None else ns
+    with _netlink_lock:
+        ipr = _netlink.get(ns)
+        if ipr is None:
+            ipr = _netlink[ns] = IPRoute()
+        return fn(ipr)
 
 
 def next_hop(dst: Address) -> NextHop:
     """The route and neighbour entry the proxy's own traffic to dst uses
     (looked up again once the cached answer is a second old)."""
     now = time.monotonic()
+    key = (netns(), dst)
     with _cache_lock:
-        hit = _cache.get(dst)
+        hit = _cache.get(key)
+        _used[key] = now
     if hit and now - hit[0] < CACHE_TTL_S:
         return hit[1]
-    hop = _lookup(dst)
+    hop = rtnl(lambda ipr: _lookup(ipr, dst), key[0])
     with _cache_lock:
-        _cache[dst] = (now, hop)
+        _cache[key] = (now, hop)
     return hop
 
 
-def _lookup(dst: Address) -> NextHop:
-    with IPRoute() as ipr:
+def refresh() -> None:
+    """Looks again at the answers half CACHE_TTL_S old or more (in the caller's
+    namespace) of the REFRESH_MAX addresses asked for most recently within
+    KEEP_FRESH_S; forgets the answers not asked for in that long."""
+    now = time.monotonic()
+    ns = netns()
+    with _cache_lock:
+        for key in [k for k, used in _used.items() if now - used > KEEP_FRESH_S]:
+            del _used[key]
+            _cache.pop(key, None)
+        due = sorted(
+            (k for k, (at, _) in _cache.items() if k[0] == ns and now - at >= CACHE_TTL_S / 2),
+            key=lambda k: -_used.get(k, 0.0),
+        )[:REFRESH_MAX]
+    for key in due:
         try:
-            routes = ipr.route("get", dst=str(dst))
-        except Exception as exc:  # pyroute2 raises NetlinkError with the errno text
-            raise NoRoute(f"no route to {dst}: {exc}") from None
-        route = routes[0]
-        oif = route.get_attr("RTA_OIF")
-        via = route.get_attr("RTA_GATEWAY") or str(dst)
-        link = ipr.get_links(oif)[0]
-        ifname, smac = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_ADDRESS")
-        for neigh in ipr.get_neighbours(ifindex=oif, dst=via):
-            lladdr = neigh.get_attr("NDA_LLADDR")
-            if lladdr and neigh["state"] & _NUD_USABLE:
-                return NextHop(ifname, oif, smac, lladdr)
+            hop = rtnl(lambda ipr: _lookup(ipr, key[1]), ns)  # noqa: B023
+        except NoRoute:
+            with _cache_lock:
+                _cache.pop(key, None)  # the next hand-over finds out for itself
+            continue
+        with _cache_lock:
+            if key in _used:
+                _cache[key] = (now, hop)
+
+
+def _lookup(ipr: IPRoute, dst: Address) -> NextHop:
+    try:
+        routes = ipr.route("get", dst=str(dst))
+    except Exception as exc:  # pyroute2 raises NetlinkError with the errno text
+        raise NoRoute(f"no route to {dst}: {exc}") from None
+    route = routes[0]
+    oif = route.get_attr("RTA_OIF")
+    via = route.get_attr("RTA_GATEWAY") or str(dst)
+    link = ipr.get_links(oif)[0]
+    ifname, smac = link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_ADDRESS")
+    for neigh in ipr.get_neighbours(ifindex=oif, dst=via):
+        lladdr = neigh.get_attr("NDA_LLADDR")
+        if lladdr and neigh["state"] & _NUD_USABLE:
+            return NextHop(ifname, oif, smac, lladdr)
     raise NoRoute(f"no neighbour entry for {via} on {ifname}")

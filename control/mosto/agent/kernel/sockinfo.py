@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from mosto.agent.kernel import netinfo
 from mosto.agent.kernel.tcpstate import TCP_REPAIR, Address, plain_address
 
 SO_NETNS_COOKIE = 71  # <asm-generic/socket.h>, Linux 5.14
@@ -60,11 +61,14 @@ def tcp_ao(sock: socket.socket) -> bool:
 
 def is_local(addr: Address) -> bool:
     """Whether addr is one of this network namespace's own addresses."""
-    with IPRoute() as ipr:
+
+    def get(ipr: IPRoute) -> list:
         try:
-            routes = ipr.route("get", dst=str(addr))
+            return list(ipr.route("get", dst=str(addr)))
         except Exception:  # NetlinkError: no route at all
-            return False
+            return []
+
+    routes = netinfo.rtnl(get)
     return bool(routes) and routes[0]["type"] == RTN_LOCAL
 
 

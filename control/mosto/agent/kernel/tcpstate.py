@@ -9,6 +9,7 @@ TCP_MAXSEG, TCP_TIMESTAMP (the socket's own TS clock) and the queue ioctls.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import socket
 import struct
@@ -30,6 +31,7 @@ _TCP_INFO_LEN = 104  # up to tcpi_total_retrans: every field read here
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@functools.lru_cache(maxsize=65536)  # a hand-over parses each end thrice; peers repeat
 def plain_address(addr: str) -> Address:
     """IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) are IPv4 on the wire."""
     ip = ipaddress.ip_address(addr.split("%")[0])

@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+from collections.abc import Iterator
 from typing import Any
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -54,6 +55,17 @@ _SIGNATURES: list[tuple[Any, ...]] = [
     ("bpf_map_lookup_elem", ctypes.c_int, ctypes.c_int, _p, _p),
     ("bpf_map_delete_elem", ctypes.c_int, ctypes.c_int, _p),
     ("bpf_map_get_next_key", ctypes.c_int, ctypes.c_int, _p, _p),
+    (
+        "bpf_map_lookup_batch",
+        ctypes.c_int,
+        ctypes.c_int,
+        _p,
+        _p,
+        _p,
+        _p,
+        ctypes.POINTER(ctypes.c_uint32),
+        _p,
+    ),
     ("bpf_xdp_attach", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_uint32, _p),
     ("bpf_xdp_detach", ctypes.c_int, ctypes.c_int, ctypes.c_uint32, _p),
     ("bpf_xdp_query_id", ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)),
@@ -225,6 +237,37 @@ def map_delete(fd: int, key: Any) -> bool:
         return False
     _check(ret, "map delete")
     return True
+
+
+BATCH_CHUNK = 4096  # elements per BPF_MAP_LOOKUP_BATCH call
+
+
+def map_lookup_batch(fd: int, key_type: Any, value_type: Any) -> Iterator[tuple[Any, Any]]:
+    """Every (key, value) of a map, BATCH_CHUNK at a time (BPF_MAP_LOOKUP_BATCH,
+    Linux 5.6): a few system calls for a table of 100,000 entries, not 200,000."""
+    token_size = max(ctypes.sizeof(key_type), 8)  # a hash map's bucket, an array's index
+    tokens = [(ctypes.c_uint8 * token_size)(), (ctypes.c_uint8 * token_size)()]
+    chunk = BATCH_CHUNK
+    first = True
+    while True:
+        keys, values = (key_type * chunk)(), (value_type * chunk)()
+        count = ctypes.c_uint32(chunk)
+        in_batch = None if first else ctypes.addressof(tokens[0])
+        ret = _lib.bpf_map_lookup_batch(
+            fd, in_batch, ctypes.addressof(tokens[1]), keys, values, ctypes.byref(count), None
+        )
+        err = -ret if ret < 0 else 0
+        if err == errno.ENOSPC and count.value == 0:  # one hash bucket holds more than chunk
+            chunk *= 2
+            continue
+        if err not in (0, errno.ENOENT):
+            _check(ret, "map lookup batch")
+        for i in range(count.value):
+            yield keys[i], values[i]
+        if err == errno.ENOENT:
+            return
+        ctypes.memmove(tokens[0], tokens[1], token_size)
+        first = False
 
 
 def map_keys(fd: int, key_type: type) -> list:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -45,15 +47,25 @@ MODES = {
 }
 
 
+IFINDEX_CACHE_S = 1.0  # as the agent's route cache: a lookup costs three syscalls
+_ifindex_cache: dict[str, tuple[float, int]] = {}
+
+
 def ifindex_of(egress: int | str) -> int:
     if isinstance(egress, int):
         if egress <= 0:
             raise TargetError(f"{egress} is not an interface index")
         return egress
+    now = time.monotonic()
+    hit = _ifindex_cache.get(egress)
+    if hit is not None and now - hit[0] < IFINDEX_CACHE_S:
+        return hit[1]
     try:
-        return socket.if_nametoindex(egress)
+        index = socket.if_nametoindex(egress)
     except OSError:
         raise TargetError(f"no interface named {egress!r}") from None
+    _ifindex_cache[egress] = (now, index)
+    return index
 
 
 def require_interfaces(names: Iterable[str]) -> None:
@@ -95,6 +107,27 @@ def default_hook(ifname: str) -> str:
     peer of every redirect target and turns GSO off on the path, so every
     1500-byte frame costs a run; tc sees GSO super-frames of up to 64 KiB."""
     return "tc" if is_veth(ifname) else "xdp"
+
+
+BATCH_READ_MIN = 256  # entries from which one batched read of everything is cheaper
+
+
+@functools.lru_cache(maxsize=2 * abi.MAX_ENTRIES)  # the reaper asks for every entry each scan
+def _key_bytes(match: FlowKey) -> bytes:
+    return bytes(abi.encode_key(match))
+
+
+def _sum_stats(per_cpu: ctypes.Array) -> EntryStats:
+    # Any TSval the sender used is a safe anchor; take the most recent CPU's.
+    learned = sorted((s for s in per_cpu if s.has_tsval), key=lambda s: s.last_seen_ns)
+    return EntryStats(
+        packets=sum(s.packets for s in per_cpu),
+        bytes=sum(s.bytes for s in per_cpu),
+        last_seen_ns=max(s.last_seen_ns for s in per_cpu),
+        tsval=learned[-1].last_tsval if learned else None,
+        # Each CPU's record moved forward on its own: the agent checks each.
+        learned=tuple(Learned(s.last_tsval, s.learn_seq, s.learn_ack) for s in learned),
+    )
 
 
 def ifname_of(ifindex: int) -> int | str:
@@ -148,6 +181,7 @@ class XdpTarget:
                 self._fds[name] = fd
                 self._own_fds.append(fd)
         self._ncpus = libbpf.num_possible_cpus()
+        self._ports: set[int] = set()  # in mosto_tx_ports already (by this process)
         self._ids = IdAllocator(abi.MAX_ENTRIES, (v.id for _, v in self._raw_entries()))
 
     def _load(self, hook: str, obj_path: Path | str | None = None) -> libbpf.BpfObject:
@@ -251,22 +285,19 @@ class XdpTarget:
             libbpf.map_update(self._fds["mosto_tx_ports"], idx, ctypes.c_uint32(ifindex))
         except libbpf.BpfError as exc:
             raise TargetError(f"cannot use ifindex {ifindex} as egress: {exc}") from None
+        self._ports.add(ifindex)
 
     # -- entries ----------------------------------------------------------
 
     def _raw_entries(self) -> Iterator[tuple[abi.SpliceKey, abi.SpliceEntry]]:
-        fd = self._fds["mosto_splice"]
-        for key in libbpf.map_keys(fd, abi.SpliceKey):
-            value = abi.SpliceEntry()
-            if libbpf.map_lookup(fd, key, value):
-                yield key, value
+        return libbpf.map_lookup_batch(self._fds["mosto_splice"], abi.SpliceKey, abi.SpliceEntry)
 
     def add(self, entry: Entry) -> int:
         """Installs or replaces one entry; returns its id. Stats restart at 0."""
         key = abi.encode_key(entry.match)
         ifindex = 0 if entry.learn else ifindex_of(entry.egress)
         ingress = 0 if entry.learn or entry.ingress is None else ifindex_of(entry.ingress)
-        if ifindex:
+        if ifindex and ifindex not in self._ports:
             self.add_port(ifindex)
         fd = self._fds["mosto_splice"]
         old = abi.SpliceEntry()
@@ -339,26 +370,39 @@ class XdpTarget:
         return self.stats_by_id(entry_id)
 
     def stats_many(self, matches: Iterable[FlowKey]) -> dict[FlowKey, EntryStats]:
+        """Two lookups per entry for a few; for many, the whole table and the
+        whole stats array in batches (the reaper's scan of 100,000 entries)."""
+        wanted = list(matches)
+        if len(wanted) >= BATCH_READ_MIN:
+            return self._stats_batched(wanted)
         out = {}
-        for match in matches:
+        for match in wanted:
             entry_id = self.entry_id(match)
             if entry_id is not None:
                 out[match] = self.stats_by_id(entry_id)
         return out
 
+    def _stats_batched(self, matches: list[FlowKey]) -> dict[FlowKey, EntryStats]:
+        ids = {
+            bytes(k): v.id
+            for k, v in libbpf.map_lookup_batch(
+                self._fds["mosto_splice"], abi.SpliceKey, abi.SpliceEntry
+            )
+        }
+        want = {m: ids.get(_key_bytes(m)) for m in matches}
+        needed = {i for i in want.values() if i is not None}
+        per_id: dict[int, EntryStats] = {}
+        for k, per_cpu in libbpf.map_lookup_batch(
+            self._fds["mosto_stats"], ctypes.c_uint32, abi.SpliceStats * self._ncpus
+        ):
+            if k in needed:  # an array of c_uint32 gives ints
+                per_id[k] = _sum_stats(per_cpu)
+        return {m: per_id[i] for m, i in want.items() if i is not None and i in per_id}
+
     def stats_by_id(self, entry_id: int) -> EntryStats:
         per_cpu = (abi.SpliceStats * self._ncpus)()
         libbpf.map_lookup(self._fds["mosto_stats"], ctypes.c_uint32(entry_id), per_cpu)
-        # Any TSval the sender used is a safe anchor; take the most recent CPU's.
-        learned = sorted((s for s in per_cpu if s.has_tsval), key=lambda s: s.last_seen_ns)
-        return EntryStats(
-            packets=sum(s.packets for s in per_cpu),
-            bytes=sum(s.bytes for s in per_cpu),
-            last_seen_ns=max(s.last_seen_ns for s in per_cpu),
-            tsval=learned[-1].last_tsval if learned else None,
-            # Each CPU's record moved forward on its own: the agent checks each.
-            learned=tuple(Learned(s.last_tsval, s.learn_seq, s.learn_ack) for s in learned),
-        )
+        return _sum_stats(per_cpu)
 
     def counters(self) -> dict[str, int]:
         out = {}

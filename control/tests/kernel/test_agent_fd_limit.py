@@ -1,0 +1,78 @@
+"""The agent (root) raises its descriptor limit's hard ceiling for a full table
+of splices (two reservation sockets each), up to fs.nr_open, and says so; or,
+without CAP_SYS_RESOURCE (a container's root may lack it), says what it has."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = r"""
+import json, logging, resource, sys
+from mosto.agent import app
+from mosto.agent.server import Limits
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 20000))
+need = app.fds_needed(int(sys.argv[1]), Limits())
+app._raise_fd_limit(need, int(sys.argv[1]))
+print(json.dumps({"need": need, "limit": resource.getrlimit(resource.RLIMIT_NOFILE)}))
+"""
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def _has_cap_sys_resource() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    return False
+
+
+needs_cap = pytest.mark.skipif(
+    os.geteuid() != 0 or not _has_cap_sys_resource(),
+    reason="raising a hard limit takes root with CAP_SYS_RESOURCE",
+)
+
+
+def _run(max_entries: int) -> tuple[dict, str]:
+    p = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(max_entries)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    return json.loads(p.stdout), p.stderr
+
+
+@needs_cap
+def test_root_agent_raises_the_hard_limit_for_a_full_table_and_logs_it():
+    from mosto.targets.xdp.abi import MAX_ENTRIES
+
+    got, log = _run(MAX_ENTRIES)
+    assert got["limit"] == [got["need"], got["need"]]
+    assert got["need"] > MAX_ENTRIES
+    assert f"descriptor limit raised from 20000 to {got['need']}" in log
+    assert f"each for {MAX_ENTRIES // 2} splices" in log
+
+
+@needs_cap
+def test_the_limit_stops_at_fs_nr_open():
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    got, _ = _run(nr_open * 2)
+    assert got["limit"] == [nr_open, nr_open]
+
+
+@pytest.mark.skipif(_has_cap_sys_resource(), reason="this process may raise its hard limit")
+def test_without_cap_sys_resource_the_agent_keeps_its_limit_and_says_so():
+    from mosto.targets.xdp.abi import MAX_ENTRIES
+
+    got, log = _run(MAX_ENTRIES)
+    assert got["limit"] == [20000, 20000]
+    assert f"descriptor limit 20000, {got['need']} wanted" in log
