@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 AGENT_POINTS = (
     "register",  # learning entries installed, the peers not yet prompted
@@ -35,6 +36,13 @@ class UnknownFailpoint(ValueError):
 def check() -> None:
     if ARMED and ARMED not in POINTS:
         raise UnknownFailpoint(f"MOSTO_FAILPOINT={ARMED}: not one of {', '.join(POINTS)}")
+
+
+def announce(who: str, log: Callable[..., None]) -> None:
+    """At start: MOSTO_FAILPOINT checked (UnknownFailpoint) and, if set, said."""
+    check()
+    if ARMED:
+        log("fault injection: this %s kills itself at %s", who, ARMED)
 
 
 def reach(name: str) -> None:

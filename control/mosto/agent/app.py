@@ -207,11 +207,9 @@ def run(cfg: AgentConfig) -> int:
     not: the hold table goes with the agent (and a new agent starts a fresh one)."""
     log.info("mosto from %s", mosto.__file__)
     try:
-        failpoints.check()
+        failpoints.announce("agent", log.warning)
     except failpoints.UnknownFailpoint as exc:
         raise ConfigError(str(exc)) from None
-    if failpoints.ARMED:
-        log.warning("fault injection: this agent kills itself at %s", failpoints.ARMED)
     missing = probe_repair()
     if missing:
         raise ConfigError(missing)

@@ -128,11 +128,9 @@ def _proxy(args: argparse.Namespace) -> int:
     routes, chained = _routes(args), _chained(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        failpoints.check()
+        failpoints.announce("proxy", logging.warning)
     except failpoints.UnknownFailpoint as exc:
         raise CliError(str(exc)) from None
-    if failpoints.ARMED:
-        logging.warning("fault injection: this proxy kills itself at %s", failpoints.ARMED)
     try:
         proxy = Proxy(
             args.listen,

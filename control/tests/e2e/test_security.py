@@ -6,6 +6,7 @@ are in attacker.py; each test says which class of fault it covers (issue 10)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -345,19 +346,15 @@ def _tap(stack: Stack, out: Path) -> subprocess.Popen:
     )
 
 
-def test_after_offload_the_proxy_holds_closed_sockets_and_the_agent_the_four_tuples(stack):
-    """Item 2: nothing leaves the proxy host on a spliced flow after the hand-over,
-    the peers carry on through the splice, the four-tuple cannot be taken while it
-    is spliced and is free once the splice is gone."""
-    port = 8700
-    tapped = stack.tmp / "tap.json"
-    tap = _tap(stack, tapped)
+@contextlib.contextmanager
+def _victim_download(stack, port: int, pace: str, v6: bool = False):
+    """The victim's paced 64 MiB download through its own proxy, running, and
+    handed over: (the proxy, the client's result box, its thread, the
+    `spliced` event)."""
     start = len(stack.events)
-    with stack.proxy(port, "--handover-after", str(1 << 20), uid=VICTIM) as proxy:
+    with stack.proxy(port, "--handover-after", str(1 << 20), v6=v6, uid=VICTIM) as proxy:
         box: dict = {}
-        t = threading.Thread(
-            target=lambda: box.update(stack.fetch(proxy, "64M", "--pace", "0.001"))
-        )
+        t = threading.Thread(target=lambda: box.update(stack.fetch(proxy, "64M", "--pace", pace)))
         t.start()
         spliced = wait_for(
             lambda: [
@@ -368,6 +365,18 @@ def test_after_offload_the_proxy_holds_closed_sockets_and_the_agent_the_four_tup
             20,
             "the hand-over",
         )[0]
+        yield proxy, box, t, spliced
+
+
+def test_after_offload_the_proxy_holds_closed_sockets_and_the_agent_the_four_tuples(stack):
+    """Item 2: nothing leaves the proxy host on a spliced flow after the hand-over,
+    the peers carry on through the splice, the four-tuple cannot be taken while it
+    is spliced and is free once the splice is gone."""
+    port = 8700
+    tapped = stack.tmp / "tap.json"
+    tap = _tap(stack, tapped)
+    start = len(stack.events)
+    with _victim_download(stack, port, "0.001") as (proxy, box, t, spliced):
         srv = spliced["splice"]["server"]
         local, peer = _ends(srv)
         ss = stack.topo.proxy.sh("ss", "-tnpH", "state", "established", "src", local).stdout
@@ -750,22 +759,7 @@ def test_a_spliced_flow_in_fragments_extension_headers_qinq_or_by_another_port(s
     v6 = family == "ipv6"
     port = 8710 + v6
     tapped = stack.tmp / f"tap-{family}.json"
-    start = len(stack.events)
-    with stack.proxy(port, "--handover-after", str(1 << 20), v6=v6, uid=VICTIM) as proxy:
-        box: dict = {}
-        t = threading.Thread(
-            target=lambda: box.update(stack.fetch(proxy, "64M", "--pace", "0.005"))
-        )
-        t.start()
-        spliced = wait_for(
-            lambda: [
-                e
-                for e in stack.events[start:]
-                if e["event"] == "spliced" and e["splice"]["client"]["dport"] == port
-            ],
-            20,
-            "the hand-over",
-        )[0]
+    with _victim_download(stack, port, "0.005", v6=v6) as (_, box, t, spliced):
         time.sleep(0.5)  # past the agent's own prompts (poke.py)
         tap = _tap(stack, tapped)
         before, out_before = _dp_counters(stack), _tcp_out(stack)

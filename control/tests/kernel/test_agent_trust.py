@@ -232,6 +232,21 @@ def test_tcp_md5_connections_are_seen_and_refused():
         s.close()
 
 
+def _in_a_netns_of_its_own(script: str) -> subprocess.CompletedProcess:
+    """A Python script run in a network namespace made for it and removed after."""
+    name = f"mosto-trust-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        return subprocess.run(
+            ["ip", "netns", "exec", name, sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
 NOT_LOCAL_SCRIPT = """
 import socket, subprocess, time
 from mosto.agent.trust import LOCAL_CACHE_S
@@ -264,17 +279,7 @@ except refusal.Refused as exc:
 def test_a_socket_whose_local_address_is_not_this_hosts_is_refused():
     """The connection outlived its address (as one made with IP_FREEBIND would
     never have had it): the agent's namespace, so the answer is not_local."""
-    name = f"mosto-trust-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        out = subprocess.run(
-            ["ip", "netns", "exec", name, sys.executable, "-c", NOT_LOCAL_SCRIPT],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    out = _in_a_netns_of_its_own(NOT_LOCAL_SCRIPT)
     assert out.stdout.split() == ["local", "not_local"], out.stderr
 
 
@@ -322,16 +327,6 @@ print(json.dumps(out))
 def test_a_fin_during_a_hold_lifts_both_sides_and_unhold_still_works():
     """A client that half-closes during the drain: the server's sender must not
     stay held until the timeout, and the proxy may still lift the hold itself."""
-    name = f"mosto-half-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        out = subprocess.run(
-            ["ip", "netns", "exec", name, sys.executable, "-c", HALF_CLOSE_SCRIPT],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    out = _in_a_netns_of_its_own(HALF_CLOSE_SCRIPT)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"before": 2, "after": 0, "unhold": 0}
