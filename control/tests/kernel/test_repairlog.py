@@ -51,7 +51,7 @@ def test_the_next_agent_takes_a_socket_out_of_repair_in_another_process(tmp_path
     finally:
         for s in (srv, peer):
             s.close()
-    assert not dead.exists() and not list(log.directory.iterdir())
+    assert not os.path.exists(dead) and not list(log.directory.iterdir())
 
 
 def test_a_record_for_sockets_already_gone_is_dropped(tmp_path):
@@ -65,7 +65,7 @@ def test_a_record_for_sockets_already_gone_is_dropped(tmp_path):
     agent = Agent(MemoryTarget())
     agent.repairlog = log
     assert agent.recover_repairs() == 0
-    assert not path.exists()
+    assert not os.path.exists(path)
 
 
 def test_recover_is_a_no_op_without_a_log():

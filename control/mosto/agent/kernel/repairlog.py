@@ -54,29 +54,34 @@ class RepairLog:
         self.directory = directory
         directory.mkdir(mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
+        self._prefix = f"{directory}/"
 
     @classmethod
     def beside(cls, socket_path: str) -> RepairLog:
         return cls(Path(os.path.abspath(socket_path) + ".repairing"))
 
-    def write(self, uid: int, pid: int, *socks: socket.socket) -> Path:
+    def write(self, uid: int, pid: int, *socks: socket.socket) -> str:
+        """On every hand-over's path: plain system calls, no rename. A record cut
+        short by a crash is harmless: it is written before the first trip
+        through repair mode, and records() drops what it cannot read."""
         ids = [(cookie(s), os.fstat(s.fileno()).st_ino) for s in socks]
-        path = self.directory / "-".join(f"{c:x}" for c, _ in ids)
-        doc = {"uid": uid, "pid": pid, "socks": ids}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.rename(path)  # a record is whole or absent
+        path = f"{self._prefix}{'-'.join(f'{c:x}' for c, _ in ids)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps({"uid": uid, "pid": pid, "socks": ids}).encode())
+        finally:
+            os.close(fd)
         return path
 
     @staticmethod
-    def remove(path: Path) -> None:
-        path.unlink(missing_ok=True)
+    def remove(path: str | Path) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def records(self) -> Iterator[Record]:
         for path in sorted(self.directory.iterdir()):
-            if path.suffix == ".tmp":  # died while writing: the sockets were not touched
-                path.unlink(missing_ok=True)
-                continue
             try:
                 doc = json.loads(path.read_text())
                 socks = tuple((int(c), int(i)) for c, i in doc["socks"])
