@@ -103,6 +103,9 @@ def forge(args) -> dict:
     with agent(args.socket) as s:
         for op in ("register", "hold", "unhold", "offload"):
             out[op] = code(ask(s, {"op": op}, [a, b]))
+        # The batch, the forged pair twice (each pair is answered on its own).
+        many = ask(s, {"op": "offload_many"}, [a, b, a, b])
+        out["offload_many"] = [code(r) for r in many.get("results", [many])]
         # Out of repair mode, in case the agent only looks at that.
         for x in (a, b):
             x.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, -1)

@@ -158,6 +158,7 @@ def test_forged_pair_from_a_foreign_namespace_cannot_take_a_victims_flow(stack, 
     assert out["forged_state"] == [1, 1], "the forged sockets were not even established"
     for op in ("register", "hold", "unhold", "offload", "offload_no_repair"):
         assert out[op] == "wrong_namespace", out
+    assert out["offload_many"] == ["wrong_namespace", "wrong_namespace"], out
     assert out["release"] == "not_found" and out["listed"] == [], out
     _unchanged(stack, victim)
     assert held_elements(stack) == 0
