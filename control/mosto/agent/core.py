@@ -67,6 +67,15 @@ def _out_flow(e: Entry) -> FlowKey:
     return e.rewrite or e.match
 
 
+def _arriving(sock: socket.socket) -> FlowKey:
+    """The flow of a connected socket as its peer's packets arrive."""
+    (laddr, lport), (paddr, pport) = (
+        sockinfo.endpoint(sock.getsockname()),
+        sockinfo.endpoint(sock.getpeername()),
+    )
+    return FlowKey(paddr, laddr, pport, lport)
+
+
 def _matches(s: Splice) -> tuple[FlowKey, FlowKey]:
     return s.to_server.match, s.to_client.match
 
@@ -278,7 +287,7 @@ class Agent:
     def _flows(a: socket.socket, b: socket.socket) -> Pair:
         """The flows to lock, from the addresses alone: the other checks run under
         the lock (a concurrent request of ours may have the sockets in repair mode)."""
-        ends = []
+        flows = []
         for sock, name in ((a, "client"), (b, "server")):
             if (
                 sock.family not in (socket.AF_INET, socket.AF_INET6)
@@ -286,13 +295,10 @@ class Agent:
             ):
                 raise refusal.NotTcp(f"the {name} descriptor is not a TCP socket")
             try:
-                ends.append(
-                    (sockinfo.endpoint(sock.getsockname()), sockinfo.endpoint(sock.getpeername()))
-                )
+                flows.append(_arriving(sock))
             except OSError:
                 raise refusal.NotConnected(f"the {name} socket is not connected") from None
-        (la, pa), (lb, pb) = ends
-        return Pair(FlowKey(pa[0], la[0], pa[1], la[1]), FlowKey(pb[0], lb[0], pb[1], lb[1]))
+        return Pair(*flows)
 
     def _check_owner(self, caller: Caller, *flows: FlowKey) -> None:
         if caller.root:
@@ -638,9 +644,7 @@ class Agent:
         return done
 
     def _finish_repair(self, sock: socket.socket) -> None:
-        local = sockinfo.endpoint(sock.getsockname())
-        peer = sockinfo.endpoint(sock.getpeername())
-        arriving = FlowKey(peer[0], local[0], peer[1], local[1])
+        arriving = _arriving(sock)
         if arriving in self._by_match:
             neutralise(sock)
             log.warning("%s: spliced by a dead agent; the proxy's socket neutralised", arriving)
