@@ -330,3 +330,27 @@ def test_a_fin_during_a_hold_lifts_both_sides_and_unhold_still_works():
     out = _in_a_netns_of_its_own(HALF_CLOSE_SCRIPT)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"before": 2, "after": 0, "unhold": 0}
+
+
+BACKSTOP_SCRIPT = """
+import ipaddress, json, time
+from mosto.agent.kernel.hold import FREEZE_BACKSTOP_S, Holds
+from mosto.dataplane.entry import FlowKey
+flow = FlowKey(ipaddress.ip_address("10.9.0.1"), ipaddress.ip_address("10.9.0.2"), 1000, 2000)
+holds = Holds(backstop_s=1)
+holds.freeze(flow)
+holds.hold(flow)
+time.sleep(max(FREEZE_BACKSTOP_S, 1) + 1.5)  # the kernel times both out
+out = {"listed": holds._nft.cmd("list set inet mosto_hold held4")[1].count("10.9.0")}
+holds.thaw(flow)  # neither may fail: an offload's thaw comes in its finally
+holds.release(flow)
+out["held"] = holds.held(flow)
+holds.close()
+print(json.dumps(out))
+"""
+
+
+def test_holds_and_freezes_the_kernel_timed_out_are_lifted_without_an_error():
+    out = _in_a_netns_of_its_own(BACKSTOP_SCRIPT)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"listed": 0, "held": False}

@@ -135,7 +135,16 @@ class Holds:
 
     def thaw(self, *flows: FlowKey) -> None:
         with self._lock:
-            self._run("\n".join(f"delete element {self._element(f, True)}" for f in flows))
+            self._delete([self._element(f, True) for f in flows])
+
+    def _delete(self, elements: list[str]) -> None:
+        """One transaction; if the kernel's backstop timed one of them out first
+        (a freeze or hold that outlived it), the rest one by one."""
+        try:
+            self._run("\n".join(f"delete element {e}" for e in elements))
+        except HoldError:
+            for e in elements:
+                self._nft.cmd(f"delete element {e}")
 
     def hold(self, *flows: FlowKey) -> None:
         """Holds the flows, in one nftables transaction."""
@@ -153,11 +162,7 @@ class Holds:
             held = [f for f in flows if f in self._held]
             if held:
                 self._held.difference_update(held)
-                try:
-                    self._run("\n".join(f"delete element {self._element(f)}" for f in held))
-                except HoldError:  # the kernel's backstop timed one out first: delete the rest
-                    for f in held:
-                        self._nft.cmd(f"delete element {self._element(f)}")
+                self._delete([self._element(f) for f in held])
 
     def held(self, flow: FlowKey) -> bool:
         with self._lock:
