@@ -25,6 +25,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mosto_stats SEC(".maps");
 
+/* The FIN/RST window check's state (track.h), by entry id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MOSTO_MAX_ENTRIES);
+	__type(key, __u32);
+	__type(value, struct splice_track);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mosto_track SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CNT_MAX);

@@ -27,6 +27,7 @@
 #define IP6_MF 0x0001
 #define IPV6_EXT_UNIT 8 /* extension header lengths count 8-byte units */
 #define TCP_MIN_DOFF 5
+#define TCP_FLAGS_BYTE 13 /* offset of the flags byte in the TCP header */
 
 struct vlan_hdr {
 	__be16 tci;

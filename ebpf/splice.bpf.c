@@ -19,9 +19,9 @@
 #include "parse_ctx.h"
 #include "splice_abi.h"
 #include "tcp_opts.h"
+#include "track.h"
 
 #define TCP_WINDOW_MAX 0xffff
-#define TCP_FLAGS_BYTE 13 /* offset of the flags byte in the TCP header */
 
 /* Out of line on purpose: FIN and RST are rare, and a real function puts
  * struct splice_event into the object's BTF (through this prototype), where
@@ -36,9 +36,11 @@ static __noinline void fill_event(struct splice_event *ev, const struct splice_k
 	ev->ts_ns = bpf_ktime_get_ns();
 }
 
-static __always_inline void report_fin_rst(const struct packet *p, const struct splice_entry *e)
+/* flags: the segment's FIN/RST, if any (read before a rewrite: on an skb the
+ * checksum helper invalidates the packet pointers). */
+static __always_inline void report_fin_rst(const struct splice_key *key, const struct splice_entry *e,
+					   __u8 flags)
 {
-	__u8 flags = ((__u8 *)p->tcp)[TCP_FLAGS_BYTE];
 	struct splice_event *ev;
 
 	if (!(flags & (MOSTO_TCP_FIN | MOSTO_TCP_RST)))
@@ -48,7 +50,7 @@ static __always_inline void report_fin_rst(const struct packet *p, const struct 
 		count(CNT_EVENT_LOST);
 		return;
 	}
-	fill_event(ev, &p->key, e->id, flags);
+	fill_event(ev, key, e->id, flags);
 	bpf_ringbuf_submit(ev, 0);
 }
 
@@ -230,6 +232,7 @@ static __always_inline int forward(struct ctx_buff *ctx, const struct splice_ent
 SEC(CTX_SEC)
 int mosto_splice_prog(struct ctx_buff *ctx)
 {
+	struct track_verdict tv;
 	struct splice_stats *st;
 	struct splice_entry *e;
 	struct packet p = {};
@@ -250,23 +253,31 @@ int mosto_splice_prog(struct ctx_buff *ctx)
 		count(CNT_DROP_WRONG_INGRESS);
 		return CTX_DROP;
 	}
-	report_fin_rst(&p, e);
 	if (e->flags & SPLICE_F_LEARN) {
+		/* The proxy's stack still checks these itself. */
+		report_fin_rst(&p.key, e, ((__u8 *)p.tcp)[TCP_FLAGS_BYTE]);
 		learn_tsval(&p, e, st);
 		count(CNT_PASS_LEARN);
 		return CTX_PASS;
 	}
 	/* The proxy's socket is gone: if this packet reached the stack, the
-	 * kernel would answer it. Drop what we cannot translate. */
+	 * kernel would answer it. Drop what we cannot translate; the receiver
+	 * never sees it, so it reports nothing. */
 	ret = untranslatable_encap(&p);
 	if (ret) {
 		count(ret);
 		return CTX_DROP;
 	}
+	track_segment(&p, e, &tv);
 	if (translate(ctx, &p, e)) {
 		count(CNT_DROP_BAD_TCP);
 		return CTX_DROP;
 	}
+	track_commit(e, &tv);
+	if (tv.report)
+		report_fin_rst(&p.key, e, tv.flags);
+	else if (tv.flags & (MOSTO_TCP_FIN | MOSTO_TCP_RST))
+		count(CNT_EVENT_OUT_OF_WINDOW);
 	return forward(ctx, e);
 }
 

@@ -40,6 +40,14 @@ struct splice_entry {
 	__u32 tsecr_delta;
 	__u32 egress_ifindex; /* == ingress: XDP_TX, else redirect via mosto_tx_ports */
 	__u32 ingress_ifindex; /* the only interface its frames may come in by; 0: any */
+	/* The FIN/RST window check (track.h): the sender's state at install, the
+	 * generation that tags this entry's slot in mosto_track (0: not tracked,
+	 * every FIN/RST is reported), and the other direction's entry. */
+	__u32 track_gen;
+	__u32 track_snd_nxt;
+	__u32 track_ack;
+	__u32 peer_id; /* MOSTO_NO_PEER: not installed */
+	__u32 peer_gen; /* its track_gen when it was linked */
 	__u32 new_saddr[4];   /* SPLICE_F_NAT only, network byte order */
 	__u32 new_daddr[4];
 	__u16 new_sport;
@@ -64,7 +72,16 @@ struct splice_stats {
 	__u32 learn_ack;
 };
 
-/* Reported on mosto_events for every FIN or RST of a spliced flow. */
+/* What a tracked entry knows of its sender (mosto_track, by entry id; one
+ * per entry, not per CPU: the other direction reads it). Host byte order. */
+struct splice_track {
+	__u32 gen;     /* the entry's track_gen when written; any other: stale */
+	__u32 snd_nxt; /* the sender's next sequence number, as it arrives */
+	__u32 ack;     /* its latest acceptable ACK, translated (as it leaves) */
+};
+
+/* Reported on mosto_events for a FIN or RST of a spliced flow that passed
+ * the window check (every one, for an entry not tracked). */
 struct splice_event {
 	struct splice_key key;
 	__u32 id;

@@ -81,17 +81,32 @@
  * it alone (reordering and retransmissions of the last flight are closer). */
 #define MOSTO_LEARN_SEQ_BACK (1 << 20)
 
+/* ---- FIN/RST window check (RFC 5961) ------------------------------------ */
+
+/* A tracked entry (one with a `track` state, which the agent always gives)
+ * keeps its sender's next sequence number and latest acceptable ACK, and
+ * reports a FIN or RST only if the flow's state says it is genuine: an RST
+ * whose seq is exactly the next one the receiver expects, a FIN whose ACK is
+ * acceptable. Segments whose seq lies more than this far ahead of the
+ * sender's known next one are not taken into the state: the largest window
+ * TCP can offer (65535 << 14) is below it. */
+#define MOSTO_TRACK_SEQ_AHEAD (1 << 30)
+
+/* An entry whose direction's peer entry is not installed. */
+#define MOSTO_NO_PEER 0xffffffff
+
 /* ---- TCP flags an event reports (splice_event.tcp_flags, the digest) ----- */
 
 #define MOSTO_TCP_FIN 0x01
 #define MOSTO_TCP_RST 0x04
+#define MOSTO_TCP_ACK 0x10
 
 /* ---- global counters ------------------------------------------------------ */
 
 /*
  * X(NAME, name, index): CNT_NAME in C and P4, "name" in Python, slot index of
  * mosto_counters. Every frame lands in exactly one HIT, PASS or DROP counter;
- * EVENT_LOST counts events, not frames. Indices are dense, from 0.
+ * the EVENT_ counters count events, not frames. Indices are dense, from 0.
  */
 #define MOSTO_COUNTERS(X)                                                         \
 	X(HIT_TX, hit_tx, 0)                 /* translated, back out of the ingress port */ \
@@ -109,7 +124,8 @@
 	X(DROP_WRONG_INGRESS, drop_wrong_ingress, 12) /* spliced flow, not its ingress port */ \
 	X(DROP_FRAGMENT, drop_fragment, 13)  /* spliced flow's first fragment; TCP header split */ \
 	X(DROP_IPV6_EXT, drop_ipv6_ext, 14)  /* spliced flow, TCP behind IPv6 ext. headers */  \
-	X(DROP_DEEP_HEADERS, drop_deep_headers, 15) /* tags or IPv6 ext. headers past the walk */
+	X(DROP_DEEP_HEADERS, drop_deep_headers, 15) /* tags or IPv6 ext. headers past the walk */ \
+	X(EVENT_OUT_OF_WINDOW, event_out_of_window, 16) /* a FIN/RST not reported: not genuine */
 
 /* How many there are, counted from the list itself. */
 #define MOSTO_COUNTER_ONE(NAME, name, index) +1

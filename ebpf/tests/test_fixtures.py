@@ -46,10 +46,15 @@ def test_fixture(clean_xdp, ports, hook, verdicts, case: Case):
 
     counters = clean_xdp.counters()
     runs = len(case.frames)
-    assert counters == {name: runs * (name == case.target_counter) for name in COUNTERS}
+    assert counters == {
+        name: runs * (name == case.target_counter)
+        + (name == "event_out_of_window" and case.event_refused)
+        for name in COUNTERS
+    }
     stats = clean_xdp.stats_by_id(ids[0])
-    sizes = sum(len(bytes(f)) for f in case.frames)
-    assert (stats.packets, stats.bytes) == ((runs, sizes) if case.hit else (0, 0))
+    mine = case.entry_frames
+    sizes = sum(len(bytes(f)) for f in mine)
+    assert (stats.packets, stats.bytes) == ((len(mine), sizes) if case.hit else (0, 0))
     assert stats.tsval == case.learned_tsval
     # BPF_PROG_TEST_RUN runs on this CPU: one record
     learned = case.learned()

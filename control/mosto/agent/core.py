@@ -62,11 +62,6 @@ ALIVE_AFTER_GRACE = 0.5
 Anchors = tuple[tuple[TcpState, int], tuple[TcpState, int]]
 
 
-def _out_flow(e: Entry) -> FlowKey:
-    """The flow a translated packet leaves as."""
-    return e.rewrite or e.match
-
-
 def _arriving(sock: socket.socket) -> FlowKey:
     """The flow of a connected socket as its peer's packets arrive."""
     (laddr, lport), (paddr, pport) = (
@@ -182,7 +177,7 @@ class Agent:
             if e.learn:
                 self._learning[match] = Learning(match)
                 continue
-            back = entries.get(_out_flow(e).reversed())
+            back = entries.get(e.peer_match)
             if back is None or back[1].learn or match in self._by_match:
                 continue
             # The side is not stored; the entry with the lower id is called the client's.
@@ -802,7 +797,7 @@ class Agent:
             splice = Splice(self._new_id(), cs, sc)
             self._splices[splice.id] = splice
             self._index(splice)
-        log.info("splice %d: %s <-> %s", splice.id, cs.match, _out_flow(cs))
+        log.info("splice %d: %s <-> %s", splice.id, cs.match, cs.out_flow)
         return splice
 
     def reserve_rebuilt(self) -> int:

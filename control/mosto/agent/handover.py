@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from mosto.agent.kernel.netinfo import NextHop
 from mosto.agent.kernel.tcpstate import TCP_ESTABLISHED, TcpState
-from mosto.dataplane.entry import U32, WSCALE_SHIFT_MAX, Entry, FlowKey
+from mosto.dataplane.entry import U32, WSCALE_SHIFT_MAX, Entry, FlowKey, Track
 from mosto.wire import refusal
 
 TCPOLEN_TSTAMP_ALIGNED = 12  # what a timestamp option costs each segment
@@ -84,7 +84,9 @@ def build_entries(
     """The client->server and server->client entries. States are read in repair
     mode; TSvals are any value each peer sent (the learned ones). Each entry
     takes its frames only from the interface the proxy reaches their sender
-    by (the one they came in on while the proxy relayed them)."""
+    by (the one they came in on while the proxy relayed them). Each also
+    carries its sender's state, for the FIN/RST window check: quiet, each
+    peer has sent what the proxy received and acknowledged what it sent."""
     if a.snd_nxt is None or a.rcv_nxt is None or b.snd_nxt is None or b.rcv_nxt is None:
         raise ValueError("build_entries needs states read in repair mode")
     seq_cs = (b.snd_nxt - a.rcv_nxt) % U32
@@ -118,6 +120,7 @@ def build_entries(
         tsecr_delta=ts_cs[1],
         wscale_shift=_wscale_shift(a.info.snd_wscale, b.info.rcv_wscale),
         rewrite=None if out_cs == from_client else out_cs,
+        track=Track(snd_nxt=a.rcv_nxt, ack=b.rcv_nxt),
     )
     sc = Entry(
         match=from_server,
@@ -131,6 +134,7 @@ def build_entries(
         tsecr_delta=ts_sc[1],
         wscale_shift=_wscale_shift(b.info.snd_wscale, a.info.rcv_wscale),
         rewrite=None if out_sc == from_server else out_sc,
+        track=Track(snd_nxt=b.rcv_nxt, ack=a.rcv_nxt),
     )
     return cs, sc
 

@@ -66,6 +66,19 @@ class FlowKey:
 
 
 @dataclass(frozen=True)
+class Track:
+    """A direction's sender at install, for the FIN/RST window check
+    (ebpf/track.h): its next sequence number as it arrives, and its latest
+    acknowledgement as it leaves (translated)."""
+
+    snd_nxt: int
+    ack: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"snd_nxt": self.snd_nxt, "ack": self.ack}
+
+
+@dataclass(frozen=True)
 class Entry:
     """What to do with packets of one flow direction; deltas are mod 2^32."""
 
@@ -81,6 +94,7 @@ class Entry:
     rewrite: FlowKey | None = None  # non-transparent proxy: the packet leaves as this flow
     ingress: int | str | None = None  # the interface / port its packets must arrive by; None: any
     learn: bool = False  # the proxy still owns the flow: record the TSval, pass untouched
+    track: Track | None = None  # None: every FIN/RST is reported, unchecked
 
     @classmethod
     def learning(cls, match: FlowKey) -> Entry:
@@ -90,6 +104,16 @@ class Entry:
     @property
     def timestamps(self) -> bool:
         return self.tsval_delta is not None
+
+    @property
+    def out_flow(self) -> FlowKey:
+        """The flow a translated packet leaves as."""
+        return self.rewrite or self.match
+
+    @property
+    def peer_match(self) -> FlowKey:
+        """The match of the other direction's entry: what the receiver sends back."""
+        return self.out_flow.reversed()
 
     def to_json(self) -> dict[str, Any]:
         if self.learn:
@@ -108,6 +132,8 @@ class Entry:
         doc.update(smac=self.smac, dmac=self.dmac, egress=self.egress)
         if self.ingress is not None:
             doc["ingress"] = self.ingress
+        if self.track is not None:
+            doc["track"] = self.track.to_json()
         return doc
 
 
@@ -178,6 +204,7 @@ _FIELDS = {
     "egress",
     "ingress",
     "learn",
+    "track",
     "id",
     "stats",
 }
@@ -220,6 +247,15 @@ def parse_entry(doc: Any, where: str = "entry") -> Entry:
     ingress = doc.get("ingress")
     if ingress is not None:
         ingress = _port(ingress, f"{where}.ingress")
+    track = None
+    if doc.get("track") is not None:
+        t = doc["track"]
+        if not isinstance(t, dict) or set(t) != {"snd_nxt", "ack"}:
+            raise EntryError(f"{where}.track: expected {{snd_nxt, ack}}")
+        track = Track(
+            _int(t["snd_nxt"], f"{where}.track.snd_nxt", 0, U32 - 1),
+            _int(t["ack"], f"{where}.track.ack", 0, U32 - 1),
+        )
     return Entry(
         match=match,
         seq_delta=_delta(_require(doc, "seq_delta", where), f"{where}.seq_delta"),
@@ -234,6 +270,7 @@ def parse_entry(doc: Any, where: str = "entry") -> Entry:
         ),
         rewrite=rewrite,
         ingress=ingress,
+        track=track,
     )
 
 

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
 
 from scapy.utils import checksum as ones_complement_checksum  # ~sum, folded
 
-from mosto.dataplane.contract import IPV6_EXT_MAX, IPV6_EXT_UNITS, VLAN_MAX
-from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.contract import (
+    IPV6_EXT_MAX,
+    IPV6_EXT_UNITS,
+    TCP_ACK,
+    TRACK_SEQ_AHEAD,
+    VLAN_MAX,
+)
+from mosto.dataplane.entry import Entry, FlowKey, Track
 from mosto.dataplane.learning import Learned
 
 ETH_HLEN = 14
@@ -32,6 +38,7 @@ IPV6_EXT_WALKED = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_D
 IPV6_EXT_UNIT = 8
 TCP_HLEN = 20
 TCP_FIN, TCP_RST = 0x01, 0x04
+U32 = 1 << 32
 TCP_OPT_MAX_LEN = 40
 TCPOPT_EOL, TCPOPT_NOP, TCPOPT_SACK, TCPOPT_TS = 0, 1, 5, 8
 
@@ -51,6 +58,7 @@ class Outcome:
     event_flags: int = 0  # FIN/RST reported to user space
     learned_tsval: int | None = None  # learning entries: the TSval recorded
     learned: Learned | None = None  # ... with the frame's seq and ack (learning.advance)
+    event_refused: bool = False  # a FIN/RST the window check kept back (event_out_of_window)
 
 
 class _Untranslatable(Exception):
@@ -216,10 +224,17 @@ def flow_of(frame: bytes) -> FlowKey | None:
 
 
 def splice(
-    frame: bytes, table: Mapping[FlowKey, Entry], ingress: int | str = 0, meta_tags: int = 0
+    frame: bytes,
+    table: Mapping[FlowKey, Entry],
+    ingress: int | str = 0,
+    meta_tags: int = 0,
+    state: MutableMapping[FlowKey, Track] | None = None,
 ) -> Outcome:
     """What the data plane does with one frame, given its splice table, the
-    port (interface) it came in by, and VLAN tags outside the frame (tc)."""
+    port (interface) it came in by, and VLAN tags outside the frame (tc).
+    state holds, by match, what tracked entries hit so far know of their
+    senders (the targets' track slots); a caller drops an entry's state when
+    it installs the entry again. Without it, every frame sees install states."""
     h = _parse(frame, meta_tags)
     if h.counter:
         verdict = Verdict.DROP if h.counter.startswith("drop_") else Verdict.PASS
@@ -239,15 +254,75 @@ def splice(
         seq, ack = struct.unpack_from("!II", frame, l4 + 4)
         learned = Learned(tsval, seq, ack) if tsval is not None else None
         return Outcome(Verdict.PASS, frame, "pass_learn", entry, event, tsval, learned)
+    # Dropped, a frame reaches no receiver: it reports nothing.
     if h.first_fragment:
-        return Outcome(Verdict.DROP, frame, "drop_fragment", entry, event)
+        return Outcome(Verdict.DROP, frame, "drop_fragment", entry)
     if h.ipv6_ext:
-        return Outcome(Verdict.DROP, frame, "drop_ipv6_ext", entry, event)
+        return Outcome(Verdict.DROP, frame, "drop_ipv6_ext", entry)
+    states = state if state is not None else {}
+    report, after = _track(frame, l3, l4, entry, table, states)
     try:
         out = _translate(bytearray(frame), entry, l3, l4, ver)
     except _Untranslatable:
-        return Outcome(Verdict.DROP, frame, "drop_bad_tcp", entry, event)
-    return Outcome(Verdict.FORWARD, out, "hit", entry, event)
+        return Outcome(Verdict.DROP, frame, "drop_bad_tcp", entry)
+    if after is not None:
+        states[entry.match] = after
+    refused = bool(event) and not report
+    return Outcome(
+        Verdict.FORWARD, out, "hit", entry, 0 if refused else event, event_refused=refused
+    )
+
+
+def _serial_le(a: int, b: int) -> bool:
+    return (b - a) % U32 < U32 // 2
+
+
+def _track(
+    frame: bytes,
+    l3: int,
+    l4: int,
+    entry: Entry,
+    table: Mapping[FlowKey, Entry],
+    states: Mapping[FlowKey, Track],
+) -> tuple[bool, Track | None]:
+    """RFC 5961 for a tracked entry (ebpf/track.h says why): whether its
+    FIN/RST is reported, and its sender's state after the segment."""
+    flags = frame[l4 + 13]
+    if entry.track is None:
+        return True, None
+    own = states.get(entry.match, entry.track)
+    peer_entry = table.get(entry.peer_match)
+    linked = (
+        peer_entry is not None
+        and peer_entry.track is not None
+        and not peer_entry.learn
+        and peer_entry.peer_match == entry.match
+    )
+    peer = states.get(entry.peer_match) if linked else None
+    if peer is None:  # a quiet flow's, mirrored from the install state
+        peer = Track(snd_nxt=entry.track.ack, ack=entry.track.snd_nxt)
+    seq, ack = struct.unpack_from("!II", frame, l4 + 4)
+    ack_out = (ack + entry.ack_delta) % U32
+    ack_ok = bool(flags & TCP_ACK) and _serial_le(own.ack, ack_out)
+    ack_ok = ack_ok and _serial_le(ack_out, peer.snd_nxt)
+    seq_ok = _serial_le(seq, (own.snd_nxt + TRACK_SEQ_AHEAD) % U32)
+    if flags & TCP_RST:
+        return seq == peer.ack, own
+    report = ack_ok and seq_ok
+    if ack_ok and seq_ok:
+        end = (seq + _payload_len(frame, l3, l4) + bool(flags & TCP_FIN)) % U32
+        own = Track(end if _serial_le(own.snd_nxt, end) else own.snd_nxt, ack_out)
+    return report, own
+
+
+def _payload_len(frame: bytes, l3: int, l4: int) -> int:
+    """Payload bytes as the IP header gives them."""
+    if frame[l3] >> 4 == 4:
+        (ip_len,) = struct.unpack_from("!H", frame, l3 + 2)
+    else:
+        (payload,) = struct.unpack_from("!H", frame, l3 + 4)
+        ip_len = 40 + payload
+    return max(ip_len - (l4 - l3) - (frame[l4 + 12] >> 4) * 4, 0)
 
 
 def _learn(frame: bytes, l4: int, entry: Entry) -> int | None:

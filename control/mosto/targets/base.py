@@ -9,6 +9,7 @@ gone. Ids are the target's business; callers name entries by match.
 from __future__ import annotations
 
 import heapq
+import secrets
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -123,3 +124,16 @@ class IdAllocator:
         if entry_id in self._used:
             self._used.remove(entry_id)
             heapq.heappush(self._free, entry_id)
+
+
+class Generations:
+    """Track generations (ebpf/track.h): 32-bit, never 0 (untracked), from a
+    random start, so a slot an earlier agent's entry wrote is not taken for
+    the new entry's (the slots outlive the agent, pinned or in the switch)."""
+
+    def __init__(self) -> None:
+        self._last = secrets.randbits(32)
+
+    def next(self) -> int:
+        self._last = (self._last + 1) & 0xFFFFFFFF or 1
+        return self._last

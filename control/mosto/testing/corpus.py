@@ -15,6 +15,7 @@ own ports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
@@ -28,6 +29,9 @@ from scapy.layers.inet6 import (
 )
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
+
+from mosto.dataplane.entry import FlowKey
+from mosto.dataplane.model import flow_of
 
 CLIENT_MAC, PROXY0_MAC = "02:00:00:00:00:01", "02:00:00:00:00:10"
 PROXY1_MAC, SERVER_MAC = "02:00:00:00:00:11", "02:00:00:00:00:02"
@@ -48,6 +52,7 @@ class Case:
     expected: Packet | None = None  # forward only
     egress_port: int | None = None  # forward only
     event: bool = False  # a FIN/RST event is reported
+    event_refused: bool = False  # a FIN/RST kept back by the window check (event_out_of_window)
     learned_tsval: int | None = None  # learning entries: the TSval recorded
     # Frames sent before packet, on the same entries (learning: what they
     # recorded); each passes or is dropped as packet is, nothing else checked.
@@ -66,6 +71,14 @@ class Case:
             return None
         tcp = self.frames[self.recorded_by][TCP]
         return self.learned_tsval, tcp.seq, tcp.ack
+
+    @property
+    def entry_frames(self) -> list[Packet]:
+        """The frames of the first entry's flow: what its stats count (the
+        others are the peer entry's, in the window-check cases)."""
+        m = self.entries[0]["match"]
+        flow = FlowKey(ip_address(m["src"]), ip_address(m["dst"]), m["sport"], m["dport"])
+        return [f for f in self.frames if flow_of(bytes(f)) == flow]
 
     @property
     def hit(self) -> bool:
@@ -813,3 +826,183 @@ def install_docs(case: Case, port_egress: dict[int, int | str]) -> list[dict[str
         {k: port_egress[v] if k in ("egress", "ingress") else v for k, v in doc.items()}
         for doc in case.entries
     ]
+
+
+# -- the FIN/RST window check (ebpf/track.h) -----------------------------------
+# A splice of C4:40000 <-> S4:80 whose client sent up to 1000 and whose
+# server sent up to 1900 (its seq 1900 is the client's 2000). Both entries
+# leave by port 1 so that every frame lands in one counter.
+
+SERVER = {"src": S4, "dst": C4, "sport": SPORT, "dport": CPORT}
+BACK = {"smac": PROXY0_MAC, "dmac": CLIENT_MAC}
+FAR = 1000 + (1 << 30) + 1  # past MOSTO_TRACK_SEQ_AHEAD
+
+
+def _tracked_pair(server_first: bool = False, v6: bool = False) -> list[dict[str, Any]]:
+    c, s = (C6, S6) if v6 else (C4, S4)
+    to_server = entry(src=c, dst=s, track={"snd_nxt": 1000, "ack": 1900})
+    to_client = entry(
+        src=s,
+        dst=c,
+        sport=SPORT,
+        dport=CPORT,
+        seq=100,
+        ack=-5000,
+        track={"snd_nxt": 1900, "ack": 1000},
+        **BACK,
+    )
+    return [to_client, to_server] if server_first else [to_server, to_client]
+
+
+def _client(v6: bool = False, **kw) -> Packet:
+    return tcp6(**kw) if v6 else tcp4(**kw)
+
+
+def _server(v6: bool = False, **kw) -> Packet:
+    fields = dict(SERVER, smac=SERVER_MAC, dmac=PROXY1_MAC)
+    if v6:
+        fields.update(src=S6, dst=C6)
+    fields.update(kw)
+    return tcp6(**fields) if v6 else tcp4(**fields)
+
+
+def _to_server(v6: bool = False, **kw) -> Packet:
+    return _client(v6, **kw, **OUT)
+
+
+def _to_client(v6: bool = False, **kw) -> Packet:
+    fields = dict(SERVER, **BACK)
+    if v6:
+        fields.update(src=S6, dst=C6)
+    fields.update(kw)
+    return tcp6(**fields) if v6 else tcp4(**fields)
+
+
+def _rst(name: str, description: str, seq: int, event: bool, prior=(), pair=True) -> Case:
+    return Case(
+        name=name,
+        description=description,
+        prior=list(prior),
+        packet=tcp4(flags="R", seq=seq, ack=0, payload=b""),
+        entries=_tracked_pair() if pair else _tracked_pair()[:1],
+        verdict="forward",
+        counter="hit",
+        expected=_to_server(flags="R", seq=seq + 5000, ack=(1 << 32) - 100, payload=b""),
+        egress_port=1,
+        event=event,
+        event_refused=not event,
+        tags={"track"},
+    )
+
+
+def _fin(name: str, description: str, event: bool, seq: int = 1000, ack: int = 2000) -> Case:
+    return Case(
+        name=name,
+        description=description,
+        packet=tcp4(flags="FA", seq=seq, ack=ack),
+        entries=_tracked_pair(),
+        verdict="forward",
+        counter="hit",
+        expected=_to_server(flags="FA", seq=(seq + 5000) % (1 << 32), ack=ack - 100),
+        egress_port=1,
+        event=event,
+        event_refused=not event,
+        tags={"track"},
+    )
+
+
+# The client sends 16 bytes and the server acknowledges them: both directions move.
+DATA_AND_ACK = [tcp4(seq=1000, ack=2000), _server(seq=1900, ack=6016, payload=b"")]
+
+TRACK_CASES: list[Case] = [
+    _rst("track-rst-exact", "an RST at the receiver's next seq is reported", 1000, True),
+    _rst(
+        "track-rst-in-window",
+        "an RST one byte past the receiver's next seq is kept back (RFC 5961: a challenge ACK "
+        "is the receiver's business) and forwarded",
+        1001,
+        False,
+    ),
+    _rst(
+        "track-rst-after-data",
+        "the receiver's ACK of new data moves the exact RST seq with it",
+        1016,
+        True,
+        prior=DATA_AND_ACK,
+    ),
+    _rst(
+        "track-rst-stale",
+        "after the receiver acknowledged new data, an RST at the old seq is kept back",
+        1000,
+        False,
+        prior=DATA_AND_ACK,
+    ),
+    _rst(
+        "track-rst-no-peer",
+        "without the other direction's entry, a quiet flow's state is assumed: exact RST reported",
+        1000,
+        True,
+        pair=False,
+    ),
+    _rst(
+        "track-rst-no-peer-wrong",
+        "without the other direction's entry, an inexact RST is kept back",
+        999,
+        False,
+        pair=False,
+    ),
+    _fin(
+        "track-fin", "a FIN whose ACK acknowledges exactly what the server sent is reported", True
+    ),
+    _fin(
+        "track-fin-ack-ahead", "a FIN acknowledging a byte never sent is kept back", False, ack=2001
+    ),
+    _fin(
+        "track-fin-ack-behind",
+        "a FIN older than the sender's last ACK is kept back",
+        False,
+        ack=1999,
+    ),
+    _fin("track-fin-seq-far", "a FIN whose seq is past any window is kept back", False, seq=FAR),
+    Case(
+        name="track-fin-after-data",
+        description="the server's FIN acknowledging the client's new bytes is reported",
+        prior=[tcp4(seq=1000, ack=2000)],
+        packet=_server(flags="FA", seq=1900, ack=6016, payload=b""),
+        entries=_tracked_pair(server_first=True),
+        verdict="forward",
+        counter="hit",
+        expected=_to_client(flags="FA", seq=2000, ack=1016, payload=b""),
+        egress_port=1,
+        event=True,
+        tags={"track"},
+    ),
+    Case(
+        name="track-spoof-moves-nothing",
+        description="a segment with an unacceptable ACK (a blind spoofer's, far ahead) does not "
+        "move the state: the server's FIN acknowledging it is kept back",
+        prior=[tcp4(seq=50000, ack=2001)],
+        packet=_server(flags="FA", seq=1900, ack=55016, payload=b""),
+        entries=_tracked_pair(server_first=True),
+        verdict="forward",
+        counter="hit",
+        expected=_to_client(flags="FA", seq=2000, ack=50016, payload=b""),
+        egress_port=1,
+        event_refused=True,
+        tags={"track"},
+    ),
+    Case(
+        name="track-ipv6-fin-after-data",
+        description="IPv6: the payload length comes from the IPv6 header",
+        prior=[_client(True, seq=1000, ack=2000)],
+        packet=_server(True, flags="FA", seq=1900, ack=6016, payload=b""),
+        entries=_tracked_pair(server_first=True, v6=True),
+        verdict="forward",
+        counter="hit",
+        expected=_to_client(True, flags="FA", seq=2000, ack=1016, payload=b""),
+        egress_port=1,
+        event=True,
+        tags={"track"},
+    ),
+]
+CASES += TRACK_CASES

@@ -36,6 +36,7 @@ MIRRORS = {
     "splice_entry": abi.SpliceEntry,
     "splice_stats": abi.SpliceStats,
     "splice_event": abi.SpliceEvent,
+    "splice_track": abi.SpliceTrack,
 }
 # (map, "key" or "value") -> the C type user space reads and writes there
 MAP_TYPES = {
@@ -43,6 +44,8 @@ MAP_TYPES = {
     ("mosto_splice", "value"): "splice_entry",
     ("mosto_stats", "key"): "__u32",
     ("mosto_stats", "value"): "splice_stats",
+    ("mosto_track", "key"): "__u32",
+    ("mosto_track", "value"): "splice_track",
     ("mosto_counters", "key"): "__u32",
     ("mosto_counters", "value"): "__u64",
     ("mosto_tx_ports", "key"): "__u32",

@@ -24,17 +24,19 @@ def test_model_fixture(case: Case):
     entries = [parse_entry(d) for d in install_docs(case, ports)]
     table = {e.match: e for e in entries}
     ingress = ports[case.ingress_port]
-    record = None
+    record, state = None, {}
     for prior in case.prior:
-        seen = splice(bytes(prior), table, ingress=ingress)
+        seen = splice(bytes(prior), table, ingress=ingress, state=state)
+        assert not seen.event_flags and not seen.event_refused
         assert (seen.verdict, seen.counter) == (Verdict(case.verdict), case.counter)
         if seen.learned is not None:
             record = advance(record, seen.learned)
-    outcome = splice(frame, table, ingress=ingress)
+    outcome = splice(frame, table, ingress=ingress, state=state)
     assert outcome.verdict == Verdict(case.verdict)
     assert outcome.counter == case.counter
     assert (outcome.entry is not None) == case.hit
     assert bool(outcome.event_flags) == case.event
+    assert outcome.event_refused == case.event_refused
     if not case.prior:
         assert outcome.learned_tsval == case.learned_tsval
     if outcome.learned is not None:

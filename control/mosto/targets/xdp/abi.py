@@ -10,12 +10,13 @@ import ipaddress
 import socket
 
 from mosto.dataplane import contract
-from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.entry import Entry, FlowKey, Track
 
 MAX_ENTRIES = contract.MAX_ENTRIES
 SPLICE_F_TS = contract.SPLICE_F_TS
 SPLICE_F_NAT = contract.SPLICE_F_NAT
 SPLICE_F_LEARN = contract.SPLICE_F_LEARN
+NO_PEER = contract.NO_PEER
 
 
 _u32x4 = ctypes.c_uint32 * 4
@@ -42,6 +43,11 @@ class SpliceEntry(ctypes.Structure):
         ("tsecr_delta", ctypes.c_uint32),
         ("egress_ifindex", ctypes.c_uint32),
         ("ingress_ifindex", ctypes.c_uint32),
+        ("track_gen", ctypes.c_uint32),
+        ("track_snd_nxt", ctypes.c_uint32),
+        ("track_ack", ctypes.c_uint32),
+        ("peer_id", ctypes.c_uint32),
+        ("peer_gen", ctypes.c_uint32),
         ("new_saddr", _u32x4),
         ("new_daddr", _u32x4),
         ("new_sport", ctypes.c_uint16),
@@ -63,6 +69,14 @@ class SpliceStats(ctypes.Structure):
         ("has_tsval", ctypes.c_uint32),
         ("learn_seq", ctypes.c_uint32),
         ("learn_ack", ctypes.c_uint32),
+    ]
+
+
+class SpliceTrack(ctypes.Structure):
+    _fields_ = [
+        ("gen", ctypes.c_uint32),
+        ("snd_nxt", ctypes.c_uint32),
+        ("ack", ctypes.c_uint32),
     ]
 
 
@@ -119,12 +133,15 @@ def _mac_str(mac: ctypes.Array) -> str:
 
 
 def encode_entry(
-    entry: Entry, entry_id: int, egress_ifindex: int, ingress_ifindex: int = 0
+    entry: Entry, entry_id: int, egress_ifindex: int, ingress_ifindex: int = 0, gen: int = 0
 ) -> SpliceEntry:
+    """gen: the entry's track generation (0 for an entry without track); the
+    peer link is set apart (link())."""
     if entry.learn:
-        return SpliceEntry(id=entry_id, flags=SPLICE_F_LEARN)
+        return SpliceEntry(id=entry_id, flags=SPLICE_F_LEARN, peer_id=NO_PEER)
     value = SpliceEntry(
         id=entry_id,
+        peer_id=NO_PEER,
         seq_delta=entry.seq_delta,
         ack_delta=entry.ack_delta,
         egress_ifindex=egress_ifindex,
@@ -137,6 +154,10 @@ def encode_entry(
         value.flags |= SPLICE_F_TS
         value.tsval_delta = entry.tsval_delta
         value.tsecr_delta = entry.tsecr_delta
+    if entry.track is not None:
+        value.track_gen = gen
+        value.track_snd_nxt = entry.track.snd_nxt
+        value.track_ack = entry.track.ack
     if entry.rewrite:
         value.flags |= SPLICE_F_NAT
         value.new_saddr = _addr_words(entry.rewrite.src)
@@ -160,6 +181,7 @@ def decode_entry(
             socket.ntohs(value.new_dport),
         )
     ts = bool(value.flags & SPLICE_F_TS)
+    track = Track(value.track_snd_nxt, value.track_ack) if value.track_gen else None
     return Entry(
         match=decode_key(key),
         seq_delta=value.seq_delta,
@@ -172,4 +194,17 @@ def decode_entry(
         wscale_shift=value.wscale_shift,
         rewrite=rewrite,
         ingress=ingress,
+        track=track,
+    )
+
+
+def out_key(key: SpliceKey, value: SpliceEntry) -> FlowKey:
+    """The flow an entry's translated packets leave as."""
+    if not value.flags & SPLICE_F_NAT:
+        return decode_key(key)
+    return FlowKey(
+        _addr_from_words(value.new_saddr, key.family),
+        _addr_from_words(value.new_daddr, key.family),
+        socket.ntohs(value.new_sport),
+        socket.ntohs(value.new_dport),
     )

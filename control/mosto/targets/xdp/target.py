@@ -21,7 +21,14 @@ from pathlib import Path
 from mosto.dataplane.counters import COUNTERS
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.dataplane.learning import Learned
-from mosto.targets.base import EntryStats, IdAllocator, SpliceEvent, TableFull, TargetError
+from mosto.targets.base import (
+    EntryStats,
+    Generations,
+    IdAllocator,
+    SpliceEvent,
+    TableFull,
+    TargetError,
+)
 from mosto.targets.xdp import abi, libbpf
 from mosto.targets.xdp.bpffs import BpffsError, ensure_bpffs
 from mosto.targets.xdp.features import (
@@ -40,7 +47,14 @@ PROG_TYPES = {"xdp": BPF_PROG_TYPE_XDP, "tc": BPF_PROG_TYPE_SCHED_CLS}
 # ("most"), and the first priority, so it runs before filters added without one.
 TC_HANDLE = 0x6D6F7374
 TC_PRIORITY = 1
-MAPS = ("mosto_splice", "mosto_stats", "mosto_counters", "mosto_tx_ports", "mosto_events")
+MAPS = (
+    "mosto_splice",
+    "mosto_stats",
+    "mosto_track",
+    "mosto_counters",
+    "mosto_tx_ports",
+    "mosto_events",
+)
 MODES = {
     "native": libbpf.XDP_FLAGS_DRV_MODE,
     "generic": libbpf.XDP_FLAGS_SKB_MODE,
@@ -183,6 +197,7 @@ class XdpTarget:
         self._ncpus = libbpf.num_possible_cpus()
         self._ports: set[int] = set()  # in mosto_tx_ports already (by this process)
         self._ids = IdAllocator(abi.MAX_ENTRIES, (v.id for _, v in self._raw_entries()))
+        self._gens = Generations()
 
     def _load(self, hook: str, obj_path: Path | str | None = None) -> libbpf.BpfObject:
         if hook in self._objs:
@@ -293,7 +308,9 @@ class XdpTarget:
         return libbpf.map_lookup_batch(self._fds["mosto_splice"], abi.SpliceKey, abi.SpliceEntry)
 
     def add(self, entry: Entry) -> int:
-        """Installs or replaces one entry; returns its id. Stats restart at 0."""
+        """Installs or replaces one entry; returns its id. Stats restart at 0.
+        A tracked entry is linked with the other direction's, if that is
+        installed and tracked (ebpf/track.h)."""
         key = abi.encode_key(entry.match)
         ifindex = 0 if entry.learn else ifindex_of(entry.egress)
         ingress = 0 if entry.learn or entry.ingress is None else ifindex_of(entry.ingress)
@@ -304,15 +321,35 @@ class XdpTarget:
         replacing = libbpf.map_lookup(fd, key, old)
         entry_id = old.id if replacing else self._ids.alloc()
         self._reset_stats(entry_id)
+        value = abi.encode_entry(entry, entry_id, ifindex, ingress, self._gens.next())
+        peer_key, peer = self._peer_of(entry)
+        if peer is not None:
+            value.peer_id, value.peer_gen = peer.id, peer.track_gen
         try:
-            libbpf.map_update(fd, key, abi.encode_entry(entry, entry_id, ifindex, ingress))
+            libbpf.map_update(fd, key, value)
         except libbpf.BpfError as exc:
             if not replacing:
                 self._ids.free(entry_id)
             if exc.errno in (errno.E2BIG, errno.ENOSPC, errno.ENOMEM):
                 raise TableFull(f"table full: {exc}") from None
             raise TargetError(str(exc)) from None
+        if peer is not None:
+            peer.peer_id, peer.peer_gen = entry_id, value.track_gen
+            libbpf.map_update(fd, peer_key, peer)
         return entry_id
+
+    def _peer_of(self, entry: Entry) -> tuple[abi.SpliceKey, abi.SpliceEntry | None]:
+        """The other direction's tracked entry, whose packets leave as the
+        reverse of what entry matches."""
+        key = abi.encode_key(entry.peer_match)
+        if entry.track is None:
+            return key, None
+        peer = abi.SpliceEntry()
+        if not libbpf.map_lookup(self._fds["mosto_splice"], key, peer) or not peer.track_gen:
+            return key, None
+        if abi.out_key(key, peer).reversed() != entry.match:
+            return key, None
+        return key, peer
 
     def delete(self, match: FlowKey) -> bool:
         key = abi.encode_key(match)
@@ -321,8 +358,19 @@ class XdpTarget:
         if not libbpf.map_lookup(fd, key, value):
             return False
         libbpf.map_delete(fd, key)
+        # Its peer, if linked, now reads a quiet flow's state (ebpf/track.h).
+        libbpf.map_update(self._fds["mosto_track"], ctypes.c_uint32(value.id), abi.SpliceTrack())
         self._ids.free(value.id)
         return True
+
+    def track_state(self, match: FlowKey) -> abi.SpliceTrack | None:
+        """What a tracked entry's slot holds, if its entry wrote it."""
+        value = abi.SpliceEntry()
+        if not libbpf.map_lookup(self._fds["mosto_splice"], abi.encode_key(match), value):
+            return None
+        slot = abi.SpliceTrack()
+        libbpf.map_lookup(self._fds["mosto_track"], ctypes.c_uint32(value.id), slot)
+        return slot if value.track_gen and slot.gen == value.track_gen else None
 
     def entries(self) -> list[tuple[int, Entry]]:
         return sorted(
