@@ -21,7 +21,7 @@ def test_package_data_is_the_shared_header():
 
 def test_values():
     assert contract.COUNTERS[0] == "hit_tx" and contract.COUNTERS[-1] == "event_out_of_window"
-    assert contract.NUM_COUNTERS == len(contract.COUNTERS) == 16
+    assert contract.NUM_COUNTERS == len(contract.COUNTERS) == 17
     assert (contract.VLAN_MAX, contract.IPV6_EXT_MAX, contract.IPV6_EXT_UNITS) == (2, 6, 32)
     assert contract.EVENTS_BYTES == 4 * 1024 * 1024
     assert contract.MAX_PORTS == 512
