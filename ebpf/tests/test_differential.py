@@ -27,6 +27,7 @@ def test_differential(clean_xdp, ports, hook, verdicts, runnable):
     examples = 0
     refused = 0
     outcomes: Counter[str] = Counter()
+    checked: Counter[str] = Counter()  # FIN/RST of tracked entries: reported, kept back
     events: list = []
 
     @settings(
@@ -64,6 +65,10 @@ def test_differential(clean_xdp, ports, hook, verdicts, runnable):
             clean_xdp.delete(entry.match)
         want = splice(frame, {entry.match: entry})
         outcomes[want.counter] += 1
+        if entry.track is not None and want.event_flags:
+            checked["reported"] += 1
+        if want.event_refused:
+            checked["kept back"] += 1
         counters = {k: v for k, v in clean_xdp.counters().items() if v}
 
         if want.verdict is Verdict.FORWARD:
@@ -73,7 +78,8 @@ def test_differential(clean_xdp, ports, hook, verdicts, runnable):
             xdp_want = verdicts["pass"] if want.verdict is Verdict.PASS else verdicts["drop"]
             counter_want = want.counter
         assert verdict == xdp_want, f"verdict {verdict}, model {want.verdict}\n{frame.hex()}"
-        assert counters == {counter_want: 1}
+        kept_back = {"event_out_of_window": 1} if want.event_refused else {}
+        assert counters == {counter_want: 1, **kept_back}
         if want.verdict is not Verdict.DROP:
             assert out == want.frame, explain_mismatch(want.frame, out)
         assert learned == ((want.learned,) if want.learned else ())
@@ -88,6 +94,7 @@ def test_differential(clean_xdp, ports, hook, verdicts, runnable):
     print(
         f"\ndifferential: {examples} random frames and entries, {hook} == model: "
         + ", ".join(f"{k} {v}" for k, v in outcomes.most_common())
+        + f"; tracked FIN/RST {dict(checked)}"
         + (
             f"; {refused} frames cut inside the IP header not run (no skb for them)"
             if refused
@@ -111,3 +118,5 @@ def test_differential(clean_xdp, ports, hook, verdicts, runnable):
         "drop_deep_headers",
     ):
         assert outcomes[counter] > 0, f"no example reached {counter}"
+    for what in ("reported", "kept back"):
+        assert checked[what] > 0, f"no tracked FIN/RST was {what}"

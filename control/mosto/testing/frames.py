@@ -16,7 +16,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Packet, Raw
 
-from mosto.dataplane.entry import Entry, FlowKey
+from mosto.dataplane.entry import Entry, FlowKey, Track
 
 u32 = st.one_of(
     st.integers(0, 2**32 - 1),
@@ -147,10 +147,22 @@ def scenario(draw) -> tuple[bytes, Entry, bool]:
     rewrite = None
     if draw(st.booleans()):
         rewrite = FlowKey(draw(addr), draw(addr), draw(port), draw(port))
+    ack_delta = draw(u32)
+    track = None
+    if draw(st.booleans()):
+        # Near the frame's own numbers, often exactly on them: the window
+        # check must say yes as well as no (ebpf/track.h).
+        near = st.integers(-2, 2)
+        seq, ack_out = tcp.seq, (tcp.ack + ack_delta) % (1 << 32)
+        snd_nxt = draw(st.sampled_from([seq, (seq - (1 << 30)) % (1 << 32), draw(u32)]))
+        track = Track(
+            snd_nxt=(snd_nxt + draw(near)) % (1 << 32),
+            ack=(draw(st.sampled_from([ack_out, draw(u32)])) + draw(near)) % (1 << 32),
+        )
     entry = Entry(
         match=match,
         seq_delta=draw(u32),
-        ack_delta=draw(u32),
+        ack_delta=ack_delta,
         smac="02:00:00:00:00:11",
         dmac="02:00:00:00:00:02",
         egress=draw(st.sampled_from([0, 1])),  # logical port
@@ -159,6 +171,7 @@ def scenario(draw) -> tuple[bytes, Entry, bool]:
         wscale_shift=draw(st.integers(-14, 14)),
         rewrite=rewrite,
         ingress=draw(st.sampled_from([None, 0, 0, 1])),  # logical port; frames come in by 0
+        track=track,
     )
     if draw(st.integers(0, 9)) == 0:
         entry = Entry.learning(match)
