@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from stack import IDLE_TIMEOUT_S, SERVER_PORT, Stack, wait_for
@@ -380,22 +381,38 @@ def test_1GiB_transfers_over_lossy_reordering_links_are_handed_over_intact(stack
 
 
 SPOOF = r"""
-import random, sys
-from scapy.all import IP, TCP, send
+import random, socket, sys
+from scapy.all import IP, TCP
 src, dst = sys.argv[1], sys.argv[3]
 sport, dport, count = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
-pkts = [IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
-        seq=random.getrandbits(32), ack=random.getrandbits(32))
+pkts = [bytes(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags,
+        seq=random.getrandbits(32), ack=random.getrandbits(32)))
         for flags in ("R", "F", "FA") for _ in range(count)]
-send(pkts, verbose=False)
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for pkt in pkts:  # as fast as a raw socket goes: a sweep, not a trickle
+    raw.sendto(pkt, (dst, 0))
 """
+
+
+def _kept_back(stack: Stack) -> int:
+    """FINs and RSTs the data plane's window check did not report (root sees the counters)."""
+    return json.loads(stack.ctl("stats", "--json"))["counters"]["event_out_of_window"]
+
+
+def _spray(ns, flow: dict, count: int) -> None:
+    """count RSTs, FINs and FIN+ACKs with random seq and ack, as flow's sender."""
+    out = ns.sh(
+        sys.executable, "-c", SPOOF, flow["src"], str(flow["sport"]), flow["dst"],
+        str(flow["dport"]), str(count), check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
 
 
 def test_blind_spoofed_rst_and_fin_do_not_end_a_spliced_flow(stack):
     """A peer namespace sprays RSTs and FINs with random sequence numbers at a
-    spliced flow's four-tuple (as an off-path attacker would): the end points'
-    stacks drop them (RFC 5961) and so the agent keeps the splice; the transfer
-    completes through it and the splice ends later as `closed`."""
+    spliced flow's four-tuple (as an off-path attacker would) while it carries
+    a download: the data plane's window check reports none of them (RFC 5961),
+    the transfer completes through the splice, which ends later as `closed`."""
     port = 8702
     with stack.proxy(port, "--handover-after", str(4 * MIB)) as proxy:
         box: dict = {}
@@ -404,12 +421,8 @@ def test_blind_spoofed_rst_and_fin_do_not_end_a_spliced_flow(stack):
         )
         t.start()
         ev = wait_for(lambda: _spliced_events(stack, port), 20, "the hand-over")[-1]["splice"]
-        c = ev["client"]
-        out = stack.topo.client.sh(
-            sys.executable, "-c", SPOOF, c["src"], str(c["sport"]), c["dst"],
-            str(c["dport"]), "300", check=False,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr
+        kept = _kept_back(stack)
+        _spray(stack.topo.client, ev["client"], 300)
         t.join(120)
         assert box.get("ok"), box
         assert proxy.stats["handed_over"] == 1
@@ -419,7 +432,39 @@ def test_blind_spoofed_rst_and_fin_do_not_end_a_spliced_flow(stack):
         "the splice's removal",
     )
     assert removed[-1]["reason"] == "closed", removed
-    mine = [e for e in stack.events if e.get("splice") == ev["id"] and e["event"] != "spliced"]
-    kinds = [e["event"] for e in mine]
-    assert "rst" in kinds and "kept" in kinds, kinds  # the spray was seen, and outlived
-    assert kinds.count("rst") <= kinds.count("kept") + 1, kinds  # one report per episode
+    # An FIN+ACK whose random ACK falls among the server's bytes in flight is
+    # acceptable (one in a thousand or so, in a download): it is reported, and
+    # a lone FIN ends nothing. RSTs and bare FINs never are.
+    assert _kept_back(stack) - kept >= 2 * 300 + 300 * 9 // 10
+    kinds = [e["event"] for e in stack.events if e.get("splice") == ev["id"]]
+    assert "rst" not in kinds, kinds
+
+
+def test_a_blind_sweep_does_not_end_a_quiet_splice(stack):
+    """The case a flow-is-quiet check cannot catch: an idle connection, spliced,
+    and spoofed RSTs and FINs with random numbers from both peers' sides. The
+    window check keeps them all back (without it, the first RST ended the
+    splice). The peers' own FINs, later, still end it as `closed`."""
+    port = 8705
+    count = 1000
+    with stack.proxy(port, "--handover-after", "0") as proxy:
+        start = len(stack.events)
+        idle = stack.idle(port, count=1, seconds=60)
+        ev = wait_for(lambda: _spliced_events(stack, port, start), 10, "the hand-over")[-1]
+        splice = ev["splice"]
+        kept = _kept_back(stack)
+        _spray(stack.topo.client, splice["client"], count)
+        _spray(stack.topo.server, splice["server"], count)
+        time.sleep(4 * stack.grace)  # past the grace an RST or two FINs would have started
+        mine = [e for e in stack.events[start:] if e.get("splice") == splice["id"]]
+        assert mine == [], mine  # no fin, rst or removed
+        assert _kept_back(stack) - kept >= 2 * 3 * count * 9 // 10
+        assert proxy.stats["handed_over"] == 1
+        idle.terminate()  # its socket closes: a FIN each way, within the idle timeout
+        idle.wait()
+    removed = wait_for(
+        lambda: [e for e in stack.events[start:] if e["event"] == "removed"],
+        10,
+        "the splice's removal",
+    )
+    assert removed[-1]["splice"] == splice["id"] and removed[-1]["reason"] == "closed", removed
