@@ -37,6 +37,7 @@ from mosto.agent.kernel.tcpstate import (
     read_state,
 )
 from mosto.agent.trust import TRUSTED, Caller
+from mosto.agent.turn import Turn
 from mosto.agent.txerrors import TxErrors
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.targets.base import EventReader, SpliceEvent, TableFull, Target
@@ -243,7 +244,8 @@ class Agent:
     def _init_trust(self) -> None:
         self.quotas = Quotas()
         self.hold_timeout = HOLD_TIMEOUT_S
-        self._flow_locks = FlowLocks()
+        self.turn = Turn()  # the server's workers take turns (turn.py)
+        self._flow_locks = FlowLocks(self.turn)
         self._held: dict[FlowKey, Held] = {}
         self._reservations: dict[int, list[Reservation]] = {}
         self.results_by_uid: dict[int, Counter[str]] = {}
@@ -469,7 +471,7 @@ class Agent:
             wait = max(PROBE_WAIT_MIN_S, max(4 * st.info.rtt_us / 1e6 for _, st, _ in missing))
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and None in found.values():
-                time.sleep(PROBE_POLL_S)
+                self.turn.sleep(PROBE_POLL_S)
                 for _, _, flow in missing:
                     if found[flow] is None:
                         found[flow] = self._anchor(flow, wins[flow])
@@ -727,7 +729,7 @@ class Agent:
             def verify() -> None:
                 failpoints.reach("offload_installed")
                 if self._needs_settle(last_passed, read_at):
-                    time.sleep(SETTLE_S)
+                    self.turn.sleep(SETTLE_S)
                 v_a, v_b = read_state(a, repair=True), read_state(b, repair=True)
                 change = moved(r_a, v_a) or moved(r_b, v_b)
                 if change:

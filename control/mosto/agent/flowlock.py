@@ -7,11 +7,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mosto.agent.turn import Turn
 from mosto.dataplane.entry import FlowKey
 
 
 class FlowLocks:
-    def __init__(self) -> None:
+    def __init__(self, turn: Turn) -> None:
+        self._turn = turn  # given up while a flow's lock is busy
         self._mutex = threading.Lock()
         self._locks: dict[FlowKey, tuple[threading.Lock, list[int]]] = {}
 
@@ -27,7 +29,7 @@ class FlowLocks:
         acquired: list[threading.Lock] = []
         try:
             for lock, _ in entries:
-                lock.acquire()
+                self._turn.acquire(lock)
                 acquired.append(lock)
             yield
         finally:

@@ -293,7 +293,8 @@ class AgentServer:
     def _work(self, conn: _Conn, doc: dict[str, Any], fds: list[int]) -> None:
         """In a worker: the request, its pages sent from here as far as the
         socket takes them, and the rest (and the connection) back to the loop."""
-        answers = self.handle(doc, fds, conn.caller)
+        with self.agent.turn.taken():
+            answers = self.handle(doc, fds, conn.caller)
         watch = doc.get("op") == "watch" and answers[-1].get("ok") is True
         try:
             data = [protocol.encode(a) for a in answers]

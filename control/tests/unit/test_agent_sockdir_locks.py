@@ -12,6 +12,7 @@ import pytest
 
 from mosto.agent import sockdir
 from mosto.agent.flowlock import FlowLocks
+from mosto.agent.turn import Turn
 from mosto.dataplane.entry import FlowKey
 
 ip = ipaddress.ip_address
@@ -48,22 +49,26 @@ def test_a_parent_others_can_write_is_refused_unless_sticky(tmp_path: Path):
 
 
 def test_requests_on_one_flow_wait_for_each_other_and_others_do_not():
-    locks = FlowLocks()
+    """Each request in its turn, as the agent's workers run them: the one that
+    sleeps holding a flow's lock gives the turn up, the one that waits for that
+    lock gives it up too (else the two would wait for each other forever)."""
+    turn = Turn()
+    locks = FlowLocks(turn)
     order: list[str] = []
     inside = threading.Event()
 
     def slow() -> None:
-        with locks.locked(F1, F2):
+        with turn.taken(), locks.locked(F1, F2):
             inside.set()
-            time.sleep(0.2)
+            turn.sleep(0.2)
             order.append("slow")
 
     def same() -> None:
-        with locks.locked(F2, F1):  # the same flow named the other way round
+        with turn.taken(), locks.locked(F2, F1):  # the same flow named the other way round
             order.append("same")
 
     def other() -> None:
-        with locks.locked(F3):
+        with turn.taken(), locks.locked(F3):
             order.append("other")
 
     t = threading.Thread(target=slow)
@@ -73,6 +78,29 @@ def test_requests_on_one_flow_wait_for_each_other_and_others_do_not():
     for x in ts:
         x.start()
     for x in (t, *ts):
-        x.join()
+        x.join(5)
+        assert not x.is_alive(), "deadlock"
     assert order == ["other", "slow", "same"]
     assert len(locks) == 0  # nothing kept for flows nobody asks about
+
+
+def test_a_turn_is_held_by_one_thread_at_a_time():
+    turn = Turn()
+    inside, peak = [0], [0]
+
+    def work() -> None:
+        for _ in range(50):
+            with turn.taken():
+                inside[0] += 1
+                peak[0] = max(peak[0], inside[0])
+                time.sleep(0.0005)  # a system call that keeps the turn
+                with turn.taken():  # taken again in the same thread: no wait
+                    pass
+                inside[0] -= 1
+
+    ts = [threading.Thread(target=work) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(10)
+    assert peak[0] == 1
