@@ -51,6 +51,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mosto_tx_ports SEC(".maps");
 
+/* Redirect targets that are veths with their peer in another network
+ * namespace (tc only: bpf_redirect_peer() hands a frame to the peer's
+ * ingress at once, skipping this side's transmit and the peer's backlog
+ * queue). Keyed by ifindex; user space keeps it beside mosto_tx_ports. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MOSTO_MAX_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mosto_peer_ports SEC(".maps");
+
 /* FIN and RST of spliced flows. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

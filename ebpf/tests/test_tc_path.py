@@ -190,6 +190,16 @@ def tc_on_dut(path: Path3) -> Iterator[XdpTarget]:
         target.close()  # the filters go with the namespace
 
 
+def _tx_bytes(path: Path3) -> int:
+    """What the DUT's two veths transmitted, in bytes."""
+    out = path.dut.sh("ip", "-s", "-j", "link", "show").stdout
+    return sum(
+        link["stats64"]["tx"]["bytes"]
+        for link in json.loads(out)
+        if link["ifname"] in (path.p0, path.p1)
+    )
+
+
 def transfer(path: Path3, nat: bool, sport: int, up: int, down: int) -> dict:
     server = path.server.popen(
         [sys.executable, str(XFER), "serve", S4, str(DPORT)], stdout=subprocess.PIPE, text=True
@@ -233,7 +243,9 @@ def test_tcp_transfer_through_tc_splice(nat, sender_offload, vlan, request):
                 target.add(parse_entry(rev))
         finally:
             popns()
+        sent_before = _tx_bytes(path)
         results = {name: transfer(path, nat, *flow) for name, flow in flows.items()}
+        sent = _tx_bytes(path) - sent_before
         counters = target.counters()
         stats = {
             name: [target.stats(parse_entry(e).match) for e in pair]
@@ -242,6 +254,9 @@ def test_tcp_transfer_through_tc_splice(nat, sender_offload, vlan, request):
 
     assert all(r == {"up_ok": True, "down_ok": True} for r in results.values()), results
     assert counters["drop_bad_tcp"] == counters["drop_no_egress"] == 0, counters
+    # The peers are in other namespaces: frames go to their ingress at once
+    # (bpf_redirect_peer), not out of the DUT's veths.
+    assert sent < SIZE // 10, f"{sent} bytes left by the DUT's veths' transmit path"
     runs = sum(st.packets for pair in stats.values() for st in pair)
     assert counters["hit_redirect"] == runs, counters
     # The direction that carried the data: client->server up, server->client down.

@@ -50,6 +50,8 @@ MAP_TYPES = {
     ("mosto_counters", "value"): "__u64",
     ("mosto_tx_ports", "key"): "__u32",
     ("mosto_tx_ports", "value"): "__u32",
+    ("mosto_peer_ports", "key"): "__u32",
+    ("mosto_peer_ports", "value"): "__u32",
 }
 SCALARS = {
     ctypes.c_uint8: (1, False),

@@ -53,6 +53,7 @@ MAPS = (
     "mosto_track",
     "mosto_counters",
     "mosto_tx_ports",
+    "mosto_peer_ports",
     "mosto_events",
 )
 MODES = {
@@ -107,6 +108,20 @@ def is_veth(ifname: str) -> bool:
         links = ipr.link("get", index=ifindex_of(ifname))
     info = links[0].get_attr("IFLA_LINKINFO") if links else None
     return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
+
+
+def peer_elsewhere(ifindex: int) -> bool:
+    """A veth whose peer is in another network namespace (where
+    bpf_redirect_peer() can deliver to)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = ipr.link("get", index=ifindex)
+    if not links:
+        return False
+    info = links[0].get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return kind == "veth" and links[0].get_attr("IFLA_LINK_NETNSID") is not None
 
 
 def has_clsact(ifindex: int) -> bool:
@@ -294,10 +309,15 @@ class XdpTarget:
         return libbpf.tc_query(ifindex_of(ifname), TC_HANDLE, TC_PRIORITY)
 
     def add_port(self, ifindex: int) -> None:
-        """Makes ifindex a redirect target."""
+        """Makes ifindex a redirect target (for tc, one to the peer's ingress if
+        it is a veth with its peer elsewhere)."""
         idx = ctypes.c_uint32(ifindex)
         try:
             libbpf.map_update(self._fds["mosto_tx_ports"], idx, ctypes.c_uint32(ifindex))
+            if peer_elsewhere(ifindex):
+                libbpf.map_update(self._fds["mosto_peer_ports"], idx, ctypes.c_uint32(1))
+            else:  # an ifindex now another device's
+                libbpf.map_delete(self._fds["mosto_peer_ports"], idx)
         except libbpf.BpfError as exc:
             raise TargetError(f"cannot use ifindex {ifindex} as egress: {exc}") from None
         self._ports.add(ifindex)
