@@ -171,9 +171,10 @@ class BothDirections(SpliceTest):
 
 class TrackLinkLifecycle(SpliceTest):
     """The two directions of a tracked splice are linked when the second is
-    added and unlinked when one goes, and the survivor's stats go on through
-    both (on BMv2 each is a MODIFY of the survivor's row: the switch's
-    registers cannot be cleared from the control plane)."""
+    added, relinked when it is replaced (its state starts over) and unlinked
+    when it goes, and the survivor's stats go on through all of it (on BMv2
+    each is a MODIFY of the survivor's row: the switch's registers cannot be
+    cleared from the control plane)."""
 
     def runTest(self):
         case = by_name("track-rst-after-data")
@@ -208,12 +209,20 @@ class TrackLinkLifecycle(SpliceTest):
         del table[to_client.match]
         send(rst(1016), reported=False)  # a quiet flow's state again
         send(rst(1000), reported=True)
+        self.install(docs[1:])  # back, and linked again
+        table[to_client.match] = to_client
+        send(DATA_AND_ACK[1])
+        send(rst(1016), reported=True)
+        self.install(docs[1:])  # replaced: a new generation, its state as installed
+        state.pop(to_client.match)
+        send(rst(1016), reported=False)
+        send(rst(1000), reported=True)
 
         mine = [f for f in sent if model.flow_of(bytes(f)) == to_server.match]
         st = self.target.dp.stats(to_server.match)
         self.assertEqual((st.packets, st.bytes), (len(mine), sum(len(bytes(f)) for f in mine)))
         after = self.target.dp.counters()
-        self.assertEqual(after["event_out_of_window"] - before["event_out_of_window"], 1)
+        self.assertEqual(after["event_out_of_window"] - before["event_out_of_window"], 2)
         self.assertEqual(after["hit_redirect"] - before["hit_redirect"], len(sent))
 
 
