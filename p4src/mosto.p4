@@ -21,7 +21,8 @@ control MostoIngress(inout headers_t hdr,
                      inout local_metadata_t meta,
                      inout standard_metadata_t standard_metadata) {
 
-    /* Every frame lands in exactly one of them (enum mosto_counter). */
+    /* Every frame lands in exactly one of them (enum mosto_counter); the
+     * EVENT_ ones count events, not frames. */
     counter(MOSTO_NUM_COUNTERS, CounterType.packets) mosto_counters;
 
     action forward(bit<9> port) {
@@ -48,6 +49,7 @@ control MostoIngress(inout headers_t hdr,
 
     apply {
         meta.to_host = true;
+        meta.out_of_window = false;
         meta.counter = meta.parse_result;
         if (meta.parse_result == PARSE_OK) {
             splice.apply(hdr, meta, standard_metadata);
@@ -61,6 +63,9 @@ control MostoIngress(inout headers_t hdr,
             l2_forward.apply();
         }
         mosto_counters.count(meta.counter);
+        if (meta.out_of_window) {
+            mosto_counters.count(CNT_EVENT_OUT_OF_WINDOW);
+        }
     }
 }
 

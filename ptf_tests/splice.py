@@ -14,7 +14,7 @@ from scapy.layers.inet import TCP
 
 from mosto.dataplane import model
 from mosto.dataplane.entry import parse_entry
-from mosto.testing.corpus import CASES, Case, entry, install_docs, tcp4
+from mosto.testing.corpus import CASES, DATA_AND_ACK, Case, by_name, entry, install_docs, tcp4
 from targets import PASS_PORT, open_target
 
 _target = None
@@ -167,6 +167,63 @@ class BothDirections(SpliceTest):
                 0,
             )
         tu.verify_no_other_packets(self)
+
+
+class TrackLinkLifecycle(SpliceTest):
+    """The two directions of a tracked splice are linked when the second is
+    added, relinked when it is replaced (its state starts over) and unlinked
+    when it goes, and the survivor's stats go on through all of it (on BMv2
+    each is a MODIFY of the survivor's row: the switch's registers cannot be
+    cleared from the control plane)."""
+
+    def runTest(self):
+        case = by_name("track-rst-after-data")
+        egress = {p: self.target.egress(p) for p in (0, 1)}
+        docs = install_docs(case, egress)
+        to_server, to_client = (parse_entry(d) for d in install_docs(case, {0: 0, 1: 1}))
+        table, state, sent = {}, {}, []
+        before = self.target.dp.counters()
+
+        def send(frame, reported=None):
+            out = model.splice(bytes(frame), table, 0, state=state)
+            tu.send_packet(self, 0, bytes(frame))
+            tu.verify_packet(self, out.frame, out.entry.egress)
+            sent.append(frame)
+            if reported is not None:
+                model_says = (bool(out.event_flags), out.event_refused)
+                self.assertEqual(model_says, (reported, not reported))
+                events = self.target.events(1.0 if reported else 0.1)
+                self.assertEqual(len(events), int(reported), events)
+
+        def rst(seq: int):
+            return tcp4(flags="R", seq=seq, ack=0, payload=b"")
+
+        self.install(docs[:1])
+        table[to_server.match] = to_server
+        send(DATA_AND_ACK[0])  # the client's 16 bytes: to_server's sender at 1016
+        self.install(docs[1:])
+        table[to_client.match] = to_client
+        send(DATA_AND_ACK[1])  # acceptable only against to_server's moved state
+        send(rst(1016), reported=True)  # ... which moved the exact RST seq
+        self.assertTrue(self.target.dp.delete(to_client.match))
+        del table[to_client.match]
+        send(rst(1016), reported=False)  # a quiet flow's state again
+        send(rst(1000), reported=True)
+        self.install(docs[1:])  # back, and linked again
+        table[to_client.match] = to_client
+        send(DATA_AND_ACK[1])
+        send(rst(1016), reported=True)
+        self.install(docs[1:])  # replaced: a new generation, its state as installed
+        state.pop(to_client.match)
+        send(rst(1016), reported=False)
+        send(rst(1000), reported=True)
+
+        mine = [f for f in sent if model.flow_of(bytes(f)) == to_server.match]
+        st = self.target.dp.stats(to_server.match)
+        self.assertEqual((st.packets, st.bytes), (len(mine), sum(len(bytes(f)) for f in mine)))
+        after = self.target.dp.counters()
+        self.assertEqual(after["event_out_of_window"] - before["event_out_of_window"], 2)
+        self.assertEqual(after["hit_redirect"] - before["hit_redirect"], len(sent))
 
 
 def _recorded(case: Case) -> set[tuple[int, int, int]]:

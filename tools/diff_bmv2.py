@@ -3,7 +3,10 @@
 simple_switch_grpc and the XDP object through BPF_PROG_TEST_RUN get the same
 entry and the same frame (mosto.testing.frames, the generator of the model
 differential test), and must give the same output bytes on the same port (or
-the same pass or drop), the same counter, and the same entry stats.
+the same pass or drop), the same counters (event_out_of_window among them),
+the same entry stats, and report the same FIN/RST events (of splice entries,
+and of those only the first with a given digest: BMv2 sends no digest
+twice, p4src/README.md).
 
     tools/diff_bmv2.py [--examples N]     # root; p4c-bm2-ss, simple_switch_grpc on PATH
 
@@ -38,6 +41,7 @@ TP_STATUS_VLAN_VALID, TP_STATUS_VLAN_TPID_VALID = 0x10, 0x40
 AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
 ETH_HLEN, VLAN_HLEN, ETH_P_8021Q, ETH_P_8021AD = 14, 4, 0x8100, 0x88A8
 OUTPUT_WAIT_S, DROP_WAIT_S = 0.02, 0.15  # after the first frame out; for none at all
+EVENT_WAIT_MS = 1000  # for a digest that XDP's event says is due
 
 
 def outer(examples: int) -> int:
@@ -108,6 +112,19 @@ class Wire:
         return out
 
 
+def digest_sample(frame: bytes) -> tuple[str, str, int, int, int, int, int]:
+    """What a splice entry's FIN/RST digest carries of a frame (p4src's
+    splice_event_t): BMv2 sends one only once."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    pkt = Ether(frame)
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    tcp = pkt[TCP]
+    return (ip.src, ip.dst, tcp.sport, tcp.dport, int(tcp.flags), tcp.seq, tcp.ack)
+
+
 def inner(params: dict, examples: int) -> int:
     from hypothesis import HealthCheck, given, settings
 
@@ -127,6 +144,12 @@ def inner(params: dict, examples: int) -> int:
     wire = Wire()
     outcomes: Counter[str] = Counter()
     mismatches: list[str] = []
+    ev_sw: list[int] = []  # TCP flags of the FIN/RST events of one frame
+    ev_xdp: list[int] = []
+    # Reported (of which not compared: a learning entry's, or a repeated
+    # digest), or kept back by the window check.
+    fin_rst: Counter[str] = Counter()
+    digested: set[tuple] = set()  # splice entries' digests BMv2 has sent
 
     @settings(
         max_examples=examples,
@@ -149,6 +172,10 @@ def inner(params: dict, examples: int) -> int:
             t.reset_counters()
         sw.add(sw_entry)
         xdp.add(xdp_entry)
+        sw_events.poll(0)  # a late digest of the frame before
+        xdp_events.poll(0)
+        ev_sw.clear()
+        ev_xdp.clear()
         try:
             verdict, out, _ = xdp.test_run(frame, ingress_ifindex=ingress)
             want = {
@@ -161,10 +188,14 @@ def inner(params: dict, examples: int) -> int:
             c_sw = {k: v for k, v in sw.counters().items() if v}
             c_xdp = {k: v for k, v in xdp.counters().items() if v}
             st_sw, st_xdp = sw.stats(entry.match), xdp.stats(entry.match)
+            xdp_events.poll(0)
+            sw_events.poll(EVENT_WAIT_MS if ev_xdp else 0)
         finally:
             sw.delete(entry.match)
             xdp.delete(entry.match)
         outcomes[next(iter(c_xdp), "none")] += 1
+        fin_rst["reported"] += len(ev_xdp)
+        fin_rst["kept back"] += c_xdp.get("event_out_of_window", 0)
         problems = []
         if got != want:
             if len(got) == len(want) == 1 and got[0][0] == want[0][0]:
@@ -175,13 +206,26 @@ def inner(params: dict, examples: int) -> int:
             problems.append(f"counters: XDP {c_xdp}, BMv2 {c_sw}")
         if (st_sw.packets, st_sw.bytes) != (st_xdp.packets, st_xdp.bytes):
             problems.append(f"stats: XDP {st_xdp}, BMv2 {st_sw}")
+        sample = digest_sample(frame) if (ev_sw or ev_xdp) and not entry.learn else None
+        if entry.learn:
+            fin_rst["learning"] += len(ev_xdp)
+        elif sample in digested:
+            fin_rst["repeated"] += len(ev_xdp)
+        elif ev_sw != ev_xdp:
+            problems.append(f"events (TCP flags): XDP {ev_xdp}, BMv2 {ev_sw}")
+        if ev_sw and sample is not None:
+            digested.add(sample)
         if problems:
             mismatches.append(
                 "; ".join(problems) + f"\n  frame {frame.hex()}\n  entry {entry.to_json()}"
             )
 
     try:
-        check()
+        with (
+            sw.events(lambda ev: ev_sw.append(ev.tcp_flags)) as sw_events,
+            xdp.events(lambda ev: ev_xdp.append(ev.tcp_flags)) as xdp_events,
+        ):
+            check()
     finally:
         sw.close()
         xdp.close()
@@ -189,6 +233,8 @@ def inner(params: dict, examples: int) -> int:
     print(
         f"diff_bmv2: {compared} random frames and entries, BMv2 vs XDP: "
         + ", ".join(f"{k} {n}" for k, n in outcomes.most_common())
+        + "; FIN/RST events: "
+        + ", ".join(f"{k} {fin_rst[k]}" for k in ("reported", "learning", "repeated", "kept back"))
     )
     for m in mismatches[:10]:
         print(f"MISMATCH {m}")

@@ -190,9 +190,19 @@ struct splice_params_t {
     bit<9> egress_port;
     bool any_ingress;   /* frames may come in by any port, or only by */
     bit<9> ingress_port;
+    /* The FIN/RST window check (track.p4): the entry's id (its slot), the
+     * sender's state at install and the generation that tags the slot (0:
+     * not tracked, every FIN/RST is reported), the other direction's entry. */
+    bit<32> id;
+    bit<32> track_gen;
+    bit<32> track_snd_nxt;
+    bit<32> track_ack;
+    bit<32> peer_id;    /* MOSTO_NO_PEER: not installed */
+    bit<32> peer_gen;   /* its track_gen when it was linked */
 }
 
-/* Reported to the control plane for every FIN or RST of a spliced flow, and
+/* Reported to the control plane for a FIN or RST of a spliced flow that
+ * passed the window check (every one, for an entry not tracked), and
  * for every frame of a learning entry's flow (with the TSval, if it has one,
  * and the segment's seq and ack: the control plane records them as the XDP
  * program's learn_tsval() does, mosto.dataplane.learning). */
@@ -220,6 +230,8 @@ struct local_metadata_t {
     bit<8> vlan_tags;             /* tags parsed */
     bool first_fragment;          /* offset 0, more fragments follow */
     bool ipv6_ext;                /* TCP sits behind IPv6 extension headers */
+    bool track_report;            /* the frame's FIN/RST passed the window check */
+    bool out_of_window;           /* ... it did not: count event_out_of_window too */
 
     /* IPv6 extension-header walk */
     bit<8> ext_next;   /* the next header */

@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The splice control: look the flow direction up, report FIN/RST, translate
- * (seq/ack, SACK, timestamps, window, addresses and ports, MACs) and pick the
- * way out. The P4 twin of mosto_splice_prog() in ebpf/splice.bpf.c.
+ * The splice control: look the flow direction up, check and report FIN/RST
+ * (track.p4), translate (seq/ack, SACK, timestamps, window, addresses and
+ * ports, MACs) and pick the way out. The P4 twin of mosto_splice_prog() in ebpf/splice.bpf.c.
  */
 #ifndef _MOSTO_SPLICE_P4_
 #define _MOSTO_SPLICE_P4_
 
 #include "headers.p4"
 #include "checksum.p4"
+#include "track.p4"
 
 const bit<32> TCP_WINDOW_MAX = 0xffff;
 
@@ -136,7 +137,13 @@ control Splice(inout headers_t hdr,
                   mac_addr_t dmac,
                   bit<9> egress_port,
                   bit<1> any_ingress,
-                  bit<9> ingress_port) {
+                  bit<9> ingress_port,
+                  bit<32> id,
+                  bit<32> track_gen,
+                  bit<32> track_snd_nxt,
+                  bit<32> track_ack,
+                  bit<32> peer_id,
+                  bit<32> peer_gen) {
         meta.splice.seq_delta = seq_delta;
         meta.splice.ack_delta = ack_delta;
         meta.splice.timestamps = timestamps == 1;
@@ -154,6 +161,12 @@ control Splice(inout headers_t hdr,
         meta.splice.egress_port = egress_port;
         meta.splice.any_ingress = any_ingress == 1;
         meta.splice.ingress_port = ingress_port;
+        meta.splice.id = id;
+        meta.splice.track_gen = track_gen;
+        meta.splice.track_snd_nxt = track_snd_nxt;
+        meta.splice.track_ack = track_ack;
+        meta.splice.peer_id = peer_id;
+        meta.splice.peer_gen = peer_gen;
     }
 
     /* The proxy still owns the flow: report the sender's TSval, pass. */
@@ -196,6 +209,7 @@ control Splice(inout headers_t hdr,
     }
 
     SpliceTranslate() translate;
+    Track() track;
 
     apply {
         if (hdr.ipv4.isValid()) {
@@ -224,26 +238,26 @@ control Splice(inout headers_t hdr,
             return;
         }
 
-        /* One digest per frame at most (BMv2 keeps the last one): a FIN or
-         * RST, and a learning entry's TSval, share it. */
-        bit<1> has_tsval = 0;
-        bit<32> tsval = 0;
-        if (meta.learning && !meta.tcp_bad && !meta.ipv6_ext) {
-            if (hdr.ts_a.isValid()) {
-                has_tsval = 1;
-                tsval = hdr.ts_a.tsval;
-            } else if (hdr.ts_b.isValid()) {
-                has_tsval = 1;
-                tsval = hdr.ts_b.tsval;
+        /* A learning entry reports every frame by digest: its TSval (of a
+         * well-formed header), and a FIN or RST unchecked (the proxy's stack
+         * still checks those itself). One digest per frame at most: BMv2
+         * keeps the last one. */
+        if (meta.learning) {
+            bit<1> has_tsval = 0;
+            bit<32> tsval = 0;
+            if (!meta.tcp_bad && !meta.ipv6_ext) {
+                if (hdr.ts_a.isValid()) {
+                    has_tsval = 1;
+                    tsval = hdr.ts_a.tsval;
+                } else if (hdr.ts_b.isValid()) {
+                    has_tsval = 1;
+                    tsval = hdr.ts_b.tsval;
+                }
             }
-        }
-        if (meta.learning || (hdr.tcp.flags & (MOSTO_TCP_FIN | MOSTO_TCP_RST)) != 0) {
             digest<splice_event_t>(1, { meta.family, meta.src_addr, meta.dst_addr,
                                         hdr.tcp.src_port, hdr.tcp.dst_port, hdr.tcp.flags,
-                                        meta.learning ? 1w1 : 1w0, has_tsval, tsval,
+                                        1w1, has_tsval, tsval,
                                         hdr.tcp.seq_no, hdr.tcp.ack_no });
-        }
-        if (meta.learning) {
             meta.counter = CNT_PASS_LEARN;
             return;
         }
@@ -252,7 +266,8 @@ control Splice(inout headers_t hdr,
         /* The proxy's socket is gone: if this frame reached the host it
          * would be answered. Drop what cannot be translated: first fragments
          * and segments behind IPv6 extension headers (untranslatable_encap()
-         * in ebpf/splice.bpf.c says why), malformed TCP headers. */
+         * in ebpf/splice.bpf.c says why), malformed TCP headers. The
+         * receiver never sees them, so they report nothing. */
         if (meta.first_fragment) {
             meta.counter = CNT_DROP_FRAGMENT;
             mark_to_drop(standard_metadata);
@@ -267,6 +282,17 @@ control Splice(inout headers_t hdr,
             meta.counter = CNT_DROP_BAD_TCP;
             mark_to_drop(standard_metadata);
             return;
+        }
+        /* The window check sees the segment as it arrived (before the
+         * rewrite), and so does the digest. */
+        track.apply(hdr, meta);
+        if (meta.track_report) {
+            digest<splice_event_t>(1, { meta.family, meta.src_addr, meta.dst_addr,
+                                        hdr.tcp.src_port, hdr.tcp.dst_port, hdr.tcp.flags,
+                                        1w0, 1w0, 32w0,
+                                        hdr.tcp.seq_no, hdr.tcp.ack_no });
+        } else if ((hdr.tcp.flags & (MOSTO_TCP_FIN | MOSTO_TCP_RST)) != 0) {
+            meta.out_of_window = true;
         }
         translate.apply(hdr, meta);
         if (meta.splice.egress_port == standard_metadata.ingress_port) {

@@ -41,6 +41,12 @@ PARAMS = [
     ("egress_port", 9),
     ("any_ingress", 1),
     ("ingress_port", 9),
+    ("id", 32),
+    ("track_gen", 32),
+    ("track_snd_nxt", 32),
+    ("track_ack", 32),
+    ("peer_id", 32),
+    ("peer_gen", 32),
 ]
 
 
@@ -133,6 +139,27 @@ def test_entry_round_trips(changes):
     entry = parse_entry(doc)
     entry_id, back = enc.decode_entry(NAMES, enc.table_entry(NAMES, entry, 77, 10**9))
     assert (entry_id, back) == (77, entry)
+
+
+def test_track_state_and_link_round_trip():
+    entry = parse_entry({**DOC, "track": {"snd_nxt": 2**32 - 1, "ack": 7}})
+    link = enc.Link(gen=0xFFFFFFFF, peer_id=12, peer_gen=5)
+    te = enc.table_entry(NAMES, entry, 77, 0, link)
+    assert enc.decode_entry(NAMES, te) == (77, entry)
+    assert enc.decode_link(NAMES, te) == link
+    p = enc.action_values(entry, 77, link)
+    assert (p["id"], p["track_snd_nxt"], p["track_ack"]) == (77, 2**32 - 1, 7)
+
+
+def test_untracked_entry_has_no_generation_and_no_peer():
+    """track_gen 0 makes the P4 program report every FIN/RST, whatever the link says."""
+    entry = parse_entry(DOC)
+    p = enc.action_values(entry, 3, enc.Link(gen=9, peer_id=4, peer_gen=8))
+    assert (p["id"], p["track_gen"], p["peer_id"], p["peer_gen"]) == (3, 0, enc.NO_PEER, 0)
+    te = enc.table_entry(NAMES, entry, 3)
+    assert enc.decode_entry(NAMES, te) == (3, entry)
+    assert enc.decode_entry(NAMES, te)[1].track is None
+    assert enc.decode_link(NAMES, te) == enc.NO_LINK
 
 
 def test_learning_entry_round_trips():

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from p4.config.v1 import p4info_pb2
 from p4.v1 import p4data_pb2, p4runtime_pb2
 
-from mosto.dataplane.entry import Entry, EntryError, FlowKey
+from mosto.dataplane.contract import NO_PEER
+from mosto.dataplane.entry import Entry, EntryError, FlowKey, Track
 
 SPLICE_TABLE = "MostoIngress.splice.mosto_splice"
 SPLICE_ACTION = "MostoIngress.splice.splice"
@@ -143,9 +144,25 @@ def match_key(names: P4Names, match: FlowKey) -> p4runtime_pb2.TableEntry:
     return te
 
 
-def action_values(entry: Entry) -> dict[str, int]:
-    """The parameters of the splice action for entry."""
+@dataclass(frozen=True)
+class Link:
+    """An entry's part in the FIN/RST window check (p4src/include/track.p4):
+    the generation that tags its register slot (0: not tracked) and the
+    other direction's entry, with the generation it had when linked."""
+
+    gen: int = 0
+    peer_id: int = NO_PEER
+    peer_gen: int = 0
+
+
+NO_LINK = Link()  # an entry without track state, or not linked yet
+
+
+def action_values(entry: Entry, entry_id: int = 0, link: Link = NO_LINK) -> dict[str, int]:
+    """The parameters of the splice action for entry (link.gen only counts for
+    an entry with track state)."""
     rw = entry.rewrite
+    track = entry.track
     return {
         "seq_delta": entry.seq_delta,
         "ack_delta": entry.ack_delta,
@@ -164,20 +181,27 @@ def action_values(entry: Entry) -> dict[str, int]:
         "egress_port": egress_port(entry.egress),
         "any_ingress": int(entry.ingress is None),
         "ingress_port": 0 if entry.ingress is None else egress_port(entry.ingress, "ingress"),
+        "id": entry_id,
+        "track_gen": link.gen if track else 0,
+        "track_snd_nxt": track.snd_nxt if track else 0,
+        "track_ack": track.ack if track else 0,
+        "peer_id": link.peer_id if track else NO_PEER,
+        "peer_gen": link.peer_gen if track else 0,
     }
 
 
 def table_entry(
-    names: P4Names, entry: Entry, entry_id: int, idle_timeout_ns: int = 0
+    names: P4Names, entry: Entry, entry_id: int, idle_timeout_ns: int = 0, link: Link = NO_LINK
 ) -> p4runtime_pb2.TableEntry:
-    """The splice table entry for entry; entry_id rides along as the entry's metadata."""
+    """The splice table entry for entry; entry_id rides along as the entry's
+    metadata (and is the splice action's id: the window check's slot)."""
     te = match_key(names, entry.match)
     if entry.learn:
         te.action.action.action_id = names.actions[LEARN_ACTION].id
     else:
         action = names.actions[SPLICE_ACTION]
         te.action.action.action_id = action.id
-        for name, value in action_values(entry).items():
+        for name, value in action_values(entry, entry_id, link).items():
             param_id, bitwidth = action.params[name]
             te.action.action.params.add(param_id=param_id, value=encode_uint(value, bitwidth))
     te.metadata = encode_uint(entry_id, 32)
@@ -198,15 +222,28 @@ def decode_match(names: P4Names, te: p4runtime_pb2.TableEntry) -> FlowKey:
     )
 
 
+def _params(names: P4Names, te: p4runtime_pb2.TableEntry) -> dict[str, int]:
+    action = names.actions[SPLICE_ACTION]
+    by_id = {pid: name for name, (pid, _) in action.params.items()}
+    return {by_id[param.param_id]: decode_uint(param.value) for param in te.action.action.params}
+
+
+def decode_link(names: P4Names, te: p4runtime_pb2.TableEntry) -> Link:
+    """The window check's link of a splice table entry read back (a learning
+    entry's: none)."""
+    if te.action.action.action_id == names.actions[LEARN_ACTION].id:
+        return NO_LINK
+    p = _params(names, te)
+    return Link(p["track_gen"], p["peer_id"], p["peer_gen"])
+
+
 def decode_entry(names: P4Names, te: p4runtime_pb2.TableEntry) -> tuple[int, Entry]:
     """(entry id, Entry) of a splice table entry read back from the switch."""
     match = decode_match(names, te)
     entry_id = decode_uint(te.metadata) if te.metadata else -1
     if te.action.action.action_id == names.actions[LEARN_ACTION].id:
         return entry_id, Entry.learning(match)
-    action = names.actions[SPLICE_ACTION]
-    by_id = {pid: name for name, (pid, _) in action.params.items()}
-    p = {by_id[param.param_id]: decode_uint(param.value) for param in te.action.action.params}
+    p = _params(names, te)
     rewrite = None
     if p["nat"]:
         rewrite = FlowKey(
@@ -227,6 +264,7 @@ def decode_entry(names: P4Names, te: p4runtime_pb2.TableEntry) -> tuple[int, Ent
         wscale_shift=p["window_shl"] - p["window_shr"],
         rewrite=rewrite,
         ingress=None if p["any_ingress"] else p["ingress_port"],
+        track=Track(p["track_snd_nxt"], p["track_ack"]) if p["track_gen"] else None,
     )
     return entry_id, entry
 

@@ -2,7 +2,10 @@
 
 It implements mosto.targets.base.Target. Entries are the rows of the
 mosto_splice table; an entry's id rides in the row's P4Runtime metadata so a
-second client (the CLI next to the agent) sees the same ids.
+second client (the CLI next to the agent) sees the same ids. The two
+directions of a tracked flow are linked for the FIN/RST window check
+(p4src/include/track.p4) through their action parameters: the switch's
+registers cannot be written from here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from p4.v1 import p4runtime_pb2
@@ -23,7 +26,14 @@ from mosto.dataplane import contract
 from mosto.dataplane.counters import COUNTERS
 from mosto.dataplane.entry import Entry, EntryError, FlowKey
 from mosto.dataplane.learning import Learned, advance
-from mosto.targets.base import EntryStats, IdAllocator, SpliceEvent, TableFull, TargetError
+from mosto.targets.base import (
+    EntryStats,
+    Generations,
+    IdAllocator,
+    SpliceEvent,
+    TableFull,
+    TargetError,
+)
 from mosto.targets.bmv2 import encoding as enc
 from mosto.targets.bmv2.p4runtime import P4RuntimeClient, P4RuntimeError, update
 
@@ -33,6 +43,17 @@ L2_ACTION = "MostoIngress.forward"
 DEFAULT_GRPC_ADDR = "127.0.0.1:9559"
 MAX_ENTRIES = contract.MAX_ENTRIES  # size of mosto_splice (shared/contract.h)
 POLL_INTERVAL_S = 0.005
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What this client knows of a row of mosto_splice: enough to write it
+    again (a peer's link) without reading it back."""
+
+    id: int
+    entry: Entry
+    link: enc.Link
+    idle_timeout_ns: int
 
 
 @dataclass(frozen=True)
@@ -121,8 +142,9 @@ class Bmv2Target:
                 info = self.client.get_p4info()
             self.names = enc.P4Names(info)
             self._enable_digest()
-            self._ids = {match: entry_id for entry_id, match in self._raw_ids()}
-            self._alloc = IdAllocator(MAX_ENTRIES, self._ids.values())
+            self._rows = {row.entry.match: row for row in self._read_rows()}
+            self._alloc = IdAllocator(MAX_ENTRIES, (row.id for row in self._rows.values()))
+            self._gens = Generations()
             self._learned: dict[FlowKey, Learned] = {}
             self._learn_reports: dict[FlowKey, int] = {}
             self.fin_rst_events: deque[SpliceEvent] = deque()
@@ -210,28 +232,31 @@ class Bmv2Target:
         te = te or p4runtime_pb2.TableEntry(table_id=self.names.table_id(enc.SPLICE_TABLE))
         return [e.table_entry for e in self._read(table_entry=te)]
 
-    def _raw_ids(self) -> Iterator[tuple[int, FlowKey]]:
+    def _read_rows(self) -> Iterator[_Row]:
         for te in self._splice_rows():
-            yield (
-                enc.decode_uint(te.metadata) if te.metadata else -1,
-                enc.decode_match(self.names, te),
-            )
+            entry_id, entry = enc.decode_entry(self.names, te)
+            yield _Row(entry_id, entry, enc.decode_link(self.names, te), te.idle_timeout_ns)
 
     @_serialised
     def add(self, entry: Entry) -> int:
-        """Installs or replaces one entry; returns its id. Stats restart at 0."""
+        """Installs or replaces one entry; returns its id. Stats restart at 0.
+        A tracked entry is linked with the other direction's, if that is
+        installed and tracked (as XdpTarget.add does)."""
         if not entry.learn:
             try:
                 port = enc.egress_port(entry.egress)
             except EntryError as exc:
                 raise TargetError(str(exc)) from None
             self.add_port(port)
-        entry_id = self.entry_id(entry.match)
-        kind = "MODIFY" if entry_id is not None else "INSERT"
-        if entry_id is None:
-            entry_id = self._alloc.alloc()
-        te = enc.table_entry(self.names, entry, entry_id, self.idle_timeout_ns)
-        te.counter_data.packet_count = 0  # a MODIFY resets the direct counter
+        old = self._rows.get(entry.match)
+        kind = "MODIFY" if old is not None else "INSERT"
+        entry_id = old.id if old is not None else self._alloc.alloc()
+        link = enc.Link(self._gens.next()) if entry.track is not None else enc.NO_LINK
+        peer = self._peer_of(entry)
+        if peer is not None:
+            link = replace(link, peer_id=peer.id, peer_gen=peer.link.gen)
+        te = enc.table_entry(self.names, entry, entry_id, self.idle_timeout_ns, link)
+        te.counter_data.packet_count = 0  # a MODIFY would keep the direct counter
         te.counter_data.byte_count = 0
         try:
             self.client.write([update(kind, table_entry=te)])
@@ -241,11 +266,47 @@ class Bmv2Target:
             if exc.code == "RESOURCE_EXHAUSTED":
                 raise TableFull(f"table full: {exc}") from None
             raise TargetError(str(exc)) from None
-        self._ids[entry.match] = entry_id
+        stale = self._linked_peer(old) if old is not None else None
+        self._rows[entry.match] = _Row(entry_id, entry, link, self.idle_timeout_ns)
+        if peer is not None:
+            self._link(peer, replace(peer.link, peer_id=entry_id, peer_gen=link.gen))
+        if stale is not None and stale is not peer:
+            self._link(stale, replace(stale.link, peer_id=contract.NO_PEER, peer_gen=0))
         self.pump()  # reports of the entry this one replaces are stale
         self._learned.pop(entry.match, None)
         self._learn_reports.pop(entry.match, None)
         return entry_id
+
+    def _peer_of(self, entry: Entry) -> _Row | None:
+        """The other direction's tracked entry, whose packets leave as the
+        reverse of what entry matches (not entry's own row)."""
+        if entry.track is None:
+            return None
+        peer = self._rows.get(entry.peer_match)
+        if peer is None or not peer.link.gen or peer.entry.match == entry.match:
+            return None
+        return peer if peer.entry.peer_match == entry.match else None
+
+    def _linked_peer(self, row: _Row) -> _Row | None:
+        """The entry linked to row, if it still points at it."""
+        peer = self._rows.get(row.entry.peer_match)
+        if peer is None or peer is row or not row.link.gen:
+            return None
+        linked = (peer.link.peer_id, peer.link.peer_gen) == (row.id, row.link.gen)
+        return peer if linked else None
+
+    def _link(self, row: _Row, link: enc.Link) -> None:
+        """Rewrites row's entry with link. Without counter_data, a MODIFY
+        keeps the entry's direct counter (its stats go on)."""
+        te = enc.table_entry(self.names, row.entry, row.id, row.idle_timeout_ns, link)
+        try:
+            self.client.write([update("MODIFY", table_entry=te)])
+        except P4RuntimeError as exc:
+            if exc.code == "NOT_FOUND":  # gone behind this client's back
+                self._forget(row.entry.match)
+                return
+            raise TargetError(str(exc)) from None
+        self._rows[row.entry.match] = replace(row, link=link)
 
     @_serialised
     def delete(self, match: FlowKey) -> bool:
@@ -256,15 +317,21 @@ class Bmv2Target:
                 self._forget(match)
                 return False
             raise TargetError(str(exc)) from None
+        row = self._rows.get(match)
+        peer = self._linked_peer(row) if row is not None else None
         self._forget(match)
         self._learned.pop(match, None)
         self._learn_reports.pop(match, None)
+        # The switch keeps the slot; its peer must read a quiet flow's state
+        # (ebpf/track.h) from now on, as XdpTarget.delete makes it.
+        if peer is not None:
+            self._link(peer, replace(peer.link, peer_id=contract.NO_PEER, peer_gen=0))
         return True
 
     def _forget(self, match: FlowKey) -> None:
-        entry_id = self._ids.pop(match, None)
-        if entry_id is not None:
-            self._alloc.free(entry_id)
+        row = self._rows.pop(match, None)
+        if row is not None:
+            self._alloc.free(row.id)
 
     @_serialised
     def entries(self) -> list[tuple[int, Entry]]:
@@ -276,7 +343,8 @@ class Bmv2Target:
     @_serialised
     def entry_id(self, match: FlowKey) -> int | None:
         """The id of match's entry (as this client knows it), or None."""
-        return self._ids.get(match)
+        row = self._rows.get(match)
+        return None if row is None else row.id
 
     # -- counters ---------------------------------------------------------
 
