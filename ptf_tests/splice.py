@@ -217,12 +217,19 @@ class TrackLinkLifecycle(SpliceTest):
         state.pop(to_client.match)
         send(rst(1016), reported=False)
         send(rst(1000), reported=True)
+        send(DATA_AND_ACK[1])  # the state moves again ...
+        untracked = {k: v for k, v in docs[1].items() if k != "track"}
+        self.install([untracked])  # ... and goes with an entry replaced by one not tracked
+        table[to_client.match] = parse_entry({**untracked, "egress": 1})
+        state.pop(to_client.match)
+        send(rst(1016), reported=False)
+        send(rst(1000), reported=True)
 
         mine = [f for f in sent if model.flow_of(bytes(f)) == to_server.match]
         st = self.target.dp.stats(to_server.match)
         self.assertEqual((st.packets, st.bytes), (len(mine), sum(len(bytes(f)) for f in mine)))
         after = self.target.dp.counters()
-        self.assertEqual(after["event_out_of_window"] - before["event_out_of_window"], 2)
+        self.assertEqual(after["event_out_of_window"] - before["event_out_of_window"], 3)
         self.assertEqual(after["hit_redirect"] - before["hit_redirect"], len(sent))
 
 

@@ -266,6 +266,34 @@ def test_entry_ids_are_reused_and_stats_restart():
         assert t.stats_by_id(0).packets == 0
 
 
+def test_a_tracked_entry_replaced_is_linked_to_its_peer_and_never_to_itself():
+    base = {
+        "ack_delta": 0,
+        "smac": "02:00:00:00:00:11",
+        "dmac": "02:00:00:00:00:02",
+        "egress": "lo",
+        "track": {"snd_nxt": 1, "ack": 2},
+    }
+    one = {"src": "10.0.0.1", "dst": "10.0.0.2", "sport": 1, "dport": 2}
+    back = {"src": "10.0.0.2", "dst": "10.0.0.1", "sport": 2, "dport": 1}
+    selfish = {"src": "10.0.0.3", "dst": "10.0.0.3", "sport": 7, "dport": 7}
+    with XdpTarget(pin_dir=None) as t:
+        a = t.add(parse_entry({**base, "match": one, "seq_delta": 1}))
+        b = t.add(parse_entry({**base, "match": back, "seq_delta": 2}))
+        by_id = {v.id: v for _, v in t._raw_entries()}
+        fwd, rev = by_id[a], by_id[b]
+        assert (fwd.peer_id, rev.peer_id) == (b, a)
+        assert (fwd.peer_gen, rev.peer_gen) == (rev.track_gen, fwd.track_gen)
+        # An entry whose packets leave as its own match reversed is its own
+        # "peer": replaced, it must come out as written, not as it was.
+        t.add(parse_entry({**base, "match": selfish, "seq_delta": 5}))
+        t.add(parse_entry({**base, "match": selfish, "seq_delta": 6}))
+        mine = [e for _, e in t.entries() if e.match.src == e.match.dst]
+        assert [e.seq_delta for e in mine] == [6]
+        v = next(v for k, v in t._raw_entries() if abi.decode_key(k).src == abi.decode_key(k).dst)
+        assert v.peer_id == abi.NO_PEER
+
+
 def test_egress_zero_is_a_bmv2_port_but_no_interface():
     with XdpTarget(pin_dir=None) as t, pytest.raises(TargetError, match="not an interface"):
         t.add(parse_entry(_to(0)))

@@ -341,6 +341,10 @@ class XdpTarget:
         replacing = libbpf.map_lookup(fd, key, old)
         entry_id = old.id if replacing else self._ids.alloc()
         self._reset_stats(entry_id)
+        if replacing and old.track_gen:
+            # The old entry's state goes with it; a peer still linked to it
+            # reads a quiet flow's until it is linked again.
+            self._clear_track(entry_id)
         value = abi.encode_entry(entry, entry_id, ifindex, ingress, self._gens.next())
         peer_key, peer = self._peer_of(entry)
         if peer is not None:
@@ -362,7 +366,7 @@ class XdpTarget:
         """The other direction's tracked entry, whose packets leave as the
         reverse of what entry matches."""
         key = abi.encode_key(entry.peer_match)
-        if entry.track is None:
+        if entry.track is None or entry.peer_match == entry.match:  # not its own peer
             return key, None
         peer = abi.SpliceEntry()
         if not libbpf.map_lookup(self._fds["mosto_splice"], key, peer) or not peer.track_gen:
@@ -378,10 +382,14 @@ class XdpTarget:
         if not libbpf.map_lookup(fd, key, value):
             return False
         libbpf.map_delete(fd, key)
-        # Its peer, if linked, now reads a quiet flow's state (ebpf/track.h).
-        libbpf.map_update(self._fds["mosto_track"], ctypes.c_uint32(value.id), abi.SpliceTrack())
+        self._clear_track(value.id)
         self._ids.free(value.id)
         return True
+
+    def _clear_track(self, entry_id: int) -> None:
+        """An entry's slot, of no generation: a peer linked to it reads a quiet
+        flow's state (ebpf/track.h)."""
+        libbpf.map_update(self._fds["mosto_track"], ctypes.c_uint32(entry_id), abi.SpliceTrack())
 
     def track_state(self, match: FlowKey) -> abi.SpliceTrack | None:
         """What a tracked entry's slot holds, if its entry wrote it."""
