@@ -145,16 +145,25 @@ def test_transparent_proxy_handed_over_without_rewrites(stack):
 
 
 def test_handover_with_data_queued_is_refused_and_the_proxy_carries_on(stack):
-    # No hold, no drain, and a slow reader: the proxy's sockets hold data when it asks.
-    with stack.proxy(8200, "--handover-after", str(MIB), "--no-drain", "--attempts", "1") as p:
-        result = stack.fetch(p, "16M", "--read-pace", "0.002")
-        assert result["ok"], result
-        stats = wait_for(lambda: _settled(p), 5, "the refusal")
-        stats = wait_for(
-            lambda: p.stats if p.stats["relayed_bytes"] >= 16 * MIB else None,
-            5,
-            f"the proxy to relay the whole transfer: {p.stats}",
-        )
+    # No hold, no drain, and a slow reader with a small receive buffer: its
+    # window fills at once, so the proxy's socket to it holds data when the
+    # proxy asks (with the client's default buffers of megabytes the queues
+    # were sometimes empty at that instant, and the hand-over rightly went on).
+    ns = stack.topo.client
+    old = ns.sh("sysctl", "-n", "net.ipv4.tcp_rmem").stdout.split()
+    ns.sh("sysctl", "-qw", "net.ipv4.tcp_rmem=4096 65536 131072")
+    try:
+        with stack.proxy(8200, "--handover-after", str(MIB), "--no-drain", "--attempts", "1") as p:
+            result = stack.fetch(p, "16M", "--read-pace", "0.002")
+            assert result["ok"], result
+            stats = wait_for(lambda: _settled(p), 5, "the refusal")
+            stats = wait_for(
+                lambda: p.stats if p.stats["relayed_bytes"] >= 16 * MIB else None,
+                5,
+                f"the proxy to relay the whole transfer: {p.stats}",
+            )
+    finally:
+        ns.sh("sysctl", "-qw", f"net.ipv4.tcp_rmem={' '.join(old)}")
     assert stats["handed_over"] == 0, stats
     assert stats["refused"] == {"buffers_not_empty": 1}, stats
 
