@@ -36,7 +36,7 @@ static __noinline void fill_event(struct splice_event *ev, const struct splice_k
 	ev->ts_ns = bpf_ktime_get_ns();
 }
 
-/* flags: the segment's FIN/RST, if any (read before a rewrite: on an skb the
+/* flags: the segment's TCP flags (read before a rewrite: on an skb the
  * checksum helper invalidates the packet pointers). */
 static __always_inline void report_fin_rst(const struct splice_key *key, const struct splice_entry *e,
 					   __u8 flags)
