@@ -57,21 +57,8 @@ class Bench:
         self.rows: list[dict] = []
 
     def proxy(self, port: int, *extra: str, log: str, stats: Path | None = None):
-        cmd = mosto(
-            "proxy",
-            "--listen",
-            f"0.0.0.0:{port}",
-            "--upstream",
-            f"{SERVER4}:9000",
-            *extra,
-            *(["--stats-file", str(stats)] if stats else []),
-        )
-        p = self.procs.spawn(self.topo.proxy, cmd, log)
-        if stats:
-            wait_for(stats.exists, 10, f"the proxy on port {port}")
-        else:
-            time.sleep(0.5)
-        return p
+        upstream = f"{SERVER4}:9000"
+        return self.topo.start_proxy(self.procs, port, upstream, *extra, log=log, stats=stats)
 
     def measure(self, name: str, host: str, port: int, pid: int | None) -> None:
         """One bulk download; the client only counts bytes (the tests check integrity)."""

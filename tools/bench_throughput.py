@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_xdp  # noqa: E402
-from processes import REPO, Processes, mosto, proc_cpu, traffic, wait_for  # noqa: E402
+from processes import REPO, Processes, proc_cpu, traffic, wait_for  # noqa: E402
 from topology import PROXY_C4, SERVER4, Topology, topology  # noqa: E402
 
 PREFIX = "tput"  # namespaces, pins and run directories of this benchmark
@@ -241,7 +241,7 @@ class Round:
             )
             hap = procs.spawn(topo.proxy, ["haproxy", "-db", "-f", str(cfg)], "haproxy.log")
             relay = self.proxy(RELAY_PORT, "--agent", "", log="relay.log")
-            wait_for(lambda: listening(topo, HAPROXY_PORT), 10, "haproxy")
+            wait_for(lambda: topo.proxy.listening(HAPROXY_PORT), 10, "haproxy")
             out += [
                 Route("haproxy", hook, PROXY_C4, HAPROXY_PORT, server, proxy=hap),
                 Route("relay", hook, PROXY_C4, RELAY_PORT, server, proxy=relay),
@@ -263,23 +263,8 @@ class Round:
         return out
 
     def proxy(self, port: int, *extra: str, log: str, stats: Path | None = None):
-        cmd = mosto(
-            "proxy",
-            "--listen",
-            f"0.0.0.0:{port}",
-            "--upstream",
-            f"{SERVER4}:{SERVER_PORT}",
-            *extra,
-            *(["--stats-file", str(stats)] if stats else []),
-        )
-        p = self.procs.spawn(self.topo.proxy, cmd, log)
-        wait_for(lambda: listening(self.topo, port), 10, f"the proxy on port {port}")
-        return p
-
-
-def listening(topo: Topology, port: int) -> bool:
-    out = topo.proxy.sh("ss", "-Hltn", f"sport = :{port}").stdout
-    return bool(out.strip())
+        upstream = f"{SERVER4}:{SERVER_PORT}"
+        return self.topo.start_proxy(self.procs, port, upstream, *extra, log=log, stats=stats)
 
 
 KEYS = (

@@ -66,11 +66,6 @@ def compile_p4(force: bool = False) -> tuple[Path, Path]:
     return P4INFO, BMV2_JSON
 
 
-def _listening(ns: Namespace, port: int) -> bool:
-    res = ns.sh("ss", "-Hltn", f"sport = :{port}", check=False)
-    return bool(res.stdout.strip())
-
-
 def _log_tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -97,7 +92,7 @@ def switch(
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(ns, GRPC_PORT):
+        while not ns.listening(GRPC_PORT):
             if proc.poll() is not None:
                 raise Bmv2Error(f"simple_switch_grpc exited ({proc.returncode}):\n{_log_tail(log)}")
             if time.monotonic() > deadline:

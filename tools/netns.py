@@ -39,6 +39,10 @@ class Namespace:
     def popen(self, cmd: list[str], **kwargs) -> subprocess.Popen:
         return subprocess.Popen(in_ns(self.name, cmd), **kwargs)
 
+    def listening(self, port: int) -> bool:
+        """Something listens on TCP port here."""
+        return bool(self.sh("ss", "-Hltn", f"sport = :{port}", check=False).stdout.strip())
+
     def quiet(self) -> None:
         """No IPv6 autoconfiguration chatter (router/neighbour solicitations, MLD)."""
         self.sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,21 +81,31 @@ def _set_cc(sock: socket.socket, cc: str | None) -> None:
 def origin(listen: tuple[str, int], cc: str | None) -> None:
     """Like traffic.py serve, but a connection carries one transfer per
     header line until the peer closes (a front-end's back-end connection)."""
+
+    def one(conn: socket.socket) -> None:
+        while line := _line(conn):
+            size, _, seed, _ = line.split()
+            for block in traffic.stream(int(size), int(seed)):
+                conn.sendall(block)
+
+    _serve(listen, cc, one)
+
+
+def _serve(listen: tuple[str, int], cc: str | None, one: Callable[[socket.socket], None]) -> None:
+    """Says ready, then serves every connection with one(conn), a thread each
+    (TCP_NODELAY on, closed after)."""
     srv = socket.create_server(listen)
     _set_cc(srv, cc)
     print("ready", flush=True)
 
-    def one(conn: socket.socket) -> None:
+    def run(conn: socket.socket) -> None:
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            while line := _line(conn):
-                size, _, seed, _ = line.split()
-                for block in traffic.stream(int(size), int(seed)):
-                    conn.sendall(block)
+            one(conn)
 
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=one, args=(conn,), daemon=True).start()
+        threading.Thread(target=run, args=(conn,), daemon=True).start()
 
 
 def frontend(
@@ -118,23 +129,16 @@ def frontend(
                 out.sendall(data)
 
     fetch_into(warm, -1, None)
-    srv = socket.create_server(listen)
-    _set_cc(srv, cc)
-    print("ready", flush=True)
 
     def one(conn: socket.socket) -> None:
-        with conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            size, _, seed, _ = _line(conn).split()
-            with lock:  # one request at a time on the shared connection
-                fetch_into(int(size), int(seed), conn)
-            conn.shutdown(socket.SHUT_WR)
-            while conn.recv(1 << 16):
-                pass
+        size, _, seed, _ = _line(conn).split()
+        with lock:  # one request at a time on the shared connection
+            fetch_into(int(size), int(seed), conn)
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(1 << 16):
+            pass
 
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=one, args=(conn,), daemon=True).start()
+    _serve(listen, cc, one)
 
 
 def client(plan: list[list]) -> None:

@@ -129,6 +129,29 @@ class Topology:
             raise AssertionError(f"{exc}; its log ends:\n{procs.log_tail('agent.log')}") from None
         return agent
 
+    def start_proxy(
+        self,
+        procs: Processes,
+        port: int,
+        upstream: str,
+        *extra: str,
+        log: str,
+        stats: Path | None = None,
+    ) -> subprocess.Popen:
+        """`mosto proxy` in the proxy, on 0.0.0.0:port, once it listens."""
+        cmd = mosto(
+            "proxy",
+            "--listen",
+            f"0.0.0.0:{port}",
+            "--upstream",
+            upstream,
+            *extra,
+            *(["--stats-file", str(stats)] if stats else []),
+        )
+        p = procs.spawn(self.proxy, cmd, log)
+        wait_for(lambda: self.proxy.listening(port), 10, f"the proxy on port {port}")
+        return p
+
 
 def _accepting(path: str) -> bool:
     """An agent listens on path (a socket file an agent that died left is not it)."""
