@@ -115,6 +115,18 @@ class Entry:
         """The match of the other direction's entry: what the receiver sends back."""
         return self.out_flow.reversed()
 
+    def links_with(self, other: Entry) -> bool:
+        """Whether other is this entry's other direction for the FIN/RST window
+        check (ebpf/track.h): both tracked, each matching what the other's
+        packets leave as, reversed, and not one entry twice."""
+        return (
+            self.track is not None
+            and other.track is not None
+            and other.match == self.peer_match
+            and other.peer_match == self.match
+            and other.match != self.match
+        )
+
     def to_json(self) -> dict[str, Any]:
         if self.learn:
             return {"match": self.match.to_json(), "learn": True}

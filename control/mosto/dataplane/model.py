@@ -292,12 +292,7 @@ def _track(
         return True, None
     own = states.get(entry.match, entry.track)
     peer_entry = table.get(entry.peer_match)
-    linked = (
-        peer_entry is not None
-        and peer_entry.track is not None
-        and not peer_entry.learn
-        and peer_entry.peer_match == entry.match
-    )
+    linked = peer_entry is not None and entry.links_with(peer_entry)
     peer = states.get(entry.peer_match) if linked else None
     if peer is None:  # a quiet flow's, mirrored from the install state
         peer = Track(snd_nxt=entry.track.ack, ack=entry.track.snd_nxt)

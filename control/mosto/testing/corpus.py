@@ -871,11 +871,7 @@ def _to_server(v6: bool = False, **kw) -> Packet:
 
 
 def _to_client(v6: bool = False, **kw) -> Packet:
-    fields = dict(SERVER, **BACK)
-    if v6:
-        fields.update(src=S6, dst=C6)
-    fields.update(kw)
-    return tcp6(**fields) if v6 else tcp4(**fields)
+    return _server(v6, **BACK, **kw)
 
 
 def _rst(name: str, description: str, seq: int, event: bool, prior=(), pair=True) -> Case:

@@ -85,3 +85,25 @@ def test_load_entries_refuses_non_json_and_empty_lists():
         load_entries("{")
     with pytest.raises(EntryError, match="no entries"):
         load_entries("[]")
+
+
+def test_the_two_directions_of_a_tracked_splice_link_and_nothing_else_does():
+    track = {"snd_nxt": 1, "ack": 2}
+    mac = "02:00:00:00:00:01"
+    base = {"seq_delta": 0, "ack_delta": 0, "smac": mac, "dmac": mac, "egress": "eth0"}
+
+    def e(src, sport, dst, dport, tracked=True, **extra):
+        match = {"src": src, "dst": dst, "sport": sport, "dport": dport}
+        return parse_entry(
+            {**base, "match": match, **({"track": track} if tracked else {}), **extra}
+        )
+
+    nat = {"rewrite": {"src": "10.0.0.10", "dst": "10.0.1.2", "sport": 50000, "dport": 80}}
+    to_server = e("10.0.0.1", 40000, "10.0.0.10", 8080, **nat)
+    back = {"rewrite": {"src": "10.0.0.10", "dst": "10.0.0.1", "sport": 8080, "dport": 40000}}
+    to_client = e("10.0.1.2", 80, "10.0.0.10", 50000, **back)
+    assert to_server.links_with(to_client) and to_client.links_with(to_server)
+    assert not to_server.links_with(e("10.0.1.2", 80, "10.0.0.10", 50000, tracked=False, **back))
+    assert not to_server.links_with(e("10.0.1.2", 80, "10.0.0.10", 50000))  # leaves elsewhere
+    selfish = e("10.0.0.3", 7, "10.0.0.3", 7)
+    assert selfish.peer_match == selfish.match and not selfish.links_with(selfish)

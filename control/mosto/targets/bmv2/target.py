@@ -280,12 +280,8 @@ class Bmv2Target:
     def _peer_of(self, entry: Entry) -> _Row | None:
         """The other direction's tracked entry, whose packets leave as the
         reverse of what entry matches (not entry's own row)."""
-        if entry.track is None:
-            return None
         peer = self._rows.get(entry.peer_match)
-        if peer is None or not peer.link.gen or peer.entry.match == entry.match:
-            return None
-        return peer if peer.entry.peer_match == entry.match else None
+        return peer if peer is not None and entry.links_with(peer.entry) else None
 
     def _linked_peer(self, row: _Row) -> _Row | None:
         """The entry linked to row, if it still points at it."""

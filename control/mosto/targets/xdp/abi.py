@@ -196,15 +196,3 @@ def decode_entry(
         ingress=ingress,
         track=track,
     )
-
-
-def out_key(key: SpliceKey, value: SpliceEntry) -> FlowKey:
-    """The flow an entry's translated packets leave as."""
-    if not value.flags & SPLICE_F_NAT:
-        return decode_key(key)
-    return FlowKey(
-        _addr_from_words(value.new_saddr, key.family),
-        _addr_from_words(value.new_daddr, key.family),
-        socket.ntohs(value.new_sport),
-        socket.ntohs(value.new_dport),
-    )

@@ -366,14 +366,12 @@ class XdpTarget:
         """The other direction's tracked entry, whose packets leave as the
         reverse of what entry matches."""
         key = abi.encode_key(entry.peer_match)
-        if entry.track is None or entry.peer_match == entry.match:  # not its own peer
+        if entry.track is None:
             return key, None
         peer = abi.SpliceEntry()
-        if not libbpf.map_lookup(self._fds["mosto_splice"], key, peer) or not peer.track_gen:
+        if not libbpf.map_lookup(self._fds["mosto_splice"], key, peer):
             return key, None
-        if abi.out_key(key, peer).reversed() != entry.match:
-            return key, None
-        return key, peer
+        return key, peer if entry.links_with(abi.decode_entry(key, peer, 0)) else None
 
     def delete(self, match: FlowKey) -> bool:
         key = abi.encode_key(match)
