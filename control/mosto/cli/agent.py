@@ -200,7 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ("--max-learning-per-uid", 8192, "learning entries per uid"),
         ("--max-holds-per-uid", 256, "held flows per uid"),
         ("--max-splices-per-uid", 8192, "splices per uid"),
-        ("--workers", 16, "requests served at once"),
+        ("--workers", 16, "requests in progress at once (they take turns running)"),
     ):
         lim.add_argument(flag, type=int, default=default, metavar="N", help=f"{what} ({default})")
     p.set_defaults(func=_agent)
