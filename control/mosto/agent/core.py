@@ -36,6 +36,7 @@ from mosto.agent.kernel.tcpstate import (
     leave_repair,
     read_state,
 )
+from mosto.agent.owned import Owned
 from mosto.agent.trust import TRUSTED, Caller
 from mosto.agent.turn import Turn
 from mosto.agent.txerrors import TxErrors
@@ -156,9 +157,9 @@ class Agent:
         self.idle_timeout = idle_timeout
         self.grace = grace
         self._lock = threading.RLock()
-        self._splices: dict[int, Splice] = {}
+        self._splices: Owned[int, Splice] = Owned()
         self._by_match: dict[FlowKey, Splice] = {}  # both matches of every splice
-        self._learning: dict[FlowKey, Learning] = {}
+        self._learning: Owned[FlowKey, Learning] = Owned()
         self._watchers: list[tuple[Any, int | None]] = []
         # Interfaces a splice must not hairpin through (native XDP on veth, app.py)
         self.no_hairpin: set[str] = set()
@@ -246,7 +247,7 @@ class Agent:
         self.hold_timeout = HOLD_TIMEOUT_S
         self.turn = Turn()  # the server's workers take turns (turn.py)
         self._flow_locks = FlowLocks(self.turn)
-        self._held: dict[FlowKey, Held] = {}
+        self._held: Owned[FlowKey, Held] = Owned()
         self._reservations: dict[int, list[Reservation]] = {}
         self.results_by_uid: dict[int, Counter[str]] = {}
         self.repairlog: RepairLog | None = None
@@ -301,15 +302,13 @@ class Agent:
         if caller.root:
             return
         for flow in flows:
-            learn, held = self._learning.get(flow), self._held.get(flow)
-            owners = {learn.owner if learn else None, held.owner if held else None}
-            owners |= {s.owner for s in self._splices.values() if flow in _matches(s)}
-            if owners - {None, caller.uid}:
+            found = (self._learning.get(flow), self._held.get(flow), self._by_match.get(flow))
+            if {x.owner for x in found if x is not None} - {None, caller.uid}:
                 raise refusal.NotOwner(f"{flow} belongs to another user")
 
     def _count(self, caller: Caller, what: str) -> int:
         pool: Any = {"learning": self._learning, "held": self._held, "splices": self._splices}
-        return sum(1 for item in pool[what].values() if item.owner == caller.uid)
+        return int(pool[what].count(caller.uid))
 
     def _check_quota(self, caller: Caller, what: str, adding: int) -> None:
         """adding: entries (one per direction); held flows have two each."""
@@ -341,8 +340,11 @@ class Agent:
                     self._add(Entry.learning(flow))
                     self._learning[flow] = Learning(flow, owner=caller.uid)
                 for flow in (pair.from_client, pair.from_server):
-                    if self._learning[flow].owner is None:  # rebuilt: whoever proves it
-                        self._learning[flow].owner = caller.uid
+                    learn = self._learning[flow]
+                    if learn.owner is None:  # rebuilt: whoever proves it
+                        del self._learning[flow]
+                        learn.owner = caller.uid
+                        self._learning[flow] = learn
             failpoints.reach("register")
             # A quiet peer may never send again: make each send one segment now.
             with self._repairing(caller, a, b):
@@ -587,9 +589,8 @@ class Agent:
                 # Outside the agent's lock (this flow's lock is held): _commit
                 # takes it for the table changes only.
                 splice, anchors = self._frozen_install(
-                    a, b, pair, to_server_hop, to_client_hop, tsvals
+                    a, b, pair, to_server_hop, to_client_hop, tsvals, caller.uid
                 )
-                splice.owner = caller.uid
             except BaseException:
                 if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
                     self._kick(a, b, pair)
@@ -705,7 +706,9 @@ class Agent:
             except OSError as exc:  # nothing is lost; a sender may wait for its RTO
                 log.warning("could not prompt a peer to acknowledge: %s", exc)
 
-    def _install(self, a, b, pair, to_server_hop, to_client_hop, tsvals) -> tuple[Splice, Anchors]:
+    def _install(
+        self, a, b, pair, to_server_hop, to_client_hop, tsvals, owner: int
+    ) -> tuple[Splice, Anchors]:
         """The splice, and the sockets as its entries were built from them."""
         entered: list[socket.socket] = []  # repair is only ever switched off on these
         reservations: list[Reservation] = []
@@ -752,7 +755,7 @@ class Agent:
                         reservations.remove(r)
                 failpoints.reach("offload_neutralised")
 
-            splice = self._commit(cs, sc, verify)
+            splice = self._commit(cs, sc, verify, owner)
             with self._lock:
                 self._reservations[splice.id] = reservations
             return splice, anchors
@@ -767,7 +770,9 @@ class Agent:
             log.exception("hand-over failed")
             raise refusal.Internal(f"{type(exc).__name__}: {exc}") from None
 
-    def _commit(self, cs: Entry, sc: Entry, verify: Callable[[], None]) -> Splice:
+    def _commit(
+        self, cs: Entry, sc: Entry, verify: Callable[[], None], owner: int | None = None
+    ) -> Splice:
         """Installs both directions, then verify(); if either fails, each flow goes
         back to what the proxy had (its learning entry, or nothing). The lock
         is held for the table changes only, not across verify() and its settle
@@ -796,7 +801,7 @@ class Agent:
         with self._lock:
             for flow in installed:
                 self._learning.pop(flow, None)
-            splice = Splice(self._new_id(), cs, sc)
+            splice = Splice(self._new_id(), cs, sc, owner=owner)
             self._splices[splice.id] = splice
             self._index(splice)
         log.info("splice %d: %s <-> %s", splice.id, cs.match, cs.out_flow)
@@ -861,11 +866,8 @@ class Agent:
         return out
 
     def _visible(self, caller: Caller) -> list[Splice]:
-        return [
-            s
-            for s in sorted(self._splices.values(), key=lambda s: s.id)
-            if caller.sees_all or s.owner == caller.uid
-        ]
+        mine = self._splices.values() if caller.sees_all else self._splices.by_owner(caller.uid)
+        return sorted(mine, key=lambda s: s.id)
 
     def list(self, caller: Caller = TRUSTED) -> list[dict[str, Any]]:
         with self._lock:

@@ -55,8 +55,7 @@ def _splice_entries(i: int) -> tuple[Entry, Entry]:
 def _spliced(agent: Agent, n: int, owner: int) -> list[int]:
     ids = []
     for i in range(len(agent.list()), len(agent.list()) + n):
-        splice = agent._commit(*_splice_entries(i), lambda: None)
-        splice.owner = owner
+        splice = agent._commit(*_splice_entries(i), lambda: None, owner)
         ids.append(splice.id)
     return ids
 

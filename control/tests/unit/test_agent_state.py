@@ -10,6 +10,7 @@ import time
 import pytest
 
 from mosto.agent.core import TCP_FIN, TCP_RST, Agent
+from mosto.agent.trust import Caller
 from mosto.dataplane.entry import Entry, FlowKey
 from mosto.targets.base import TableFull
 from mosto.targets.memory import MemoryTarget
@@ -257,3 +258,54 @@ def test_a_flow_without_learning_entries_or_on_a_switch_always_settles(target):
     assert agent._needs_settle(last, read_at=time.monotonic())
     switch = Agent(MemoryTarget(), port_map={"pc": 1, "ps": 2})
     assert switch._needs_settle(0.0, read_at=time.monotonic() + 100)
+
+
+@pytest.fixture
+def crowded(target):
+    """An agent with 2,000 splices of other users, whose tables refuse to be
+    walked from here on: an unprivileged caller's checks must go by index."""
+    agent = Agent(target, idle_timeout=3600.0)
+    for i in range(2000):
+        c = FlowKey(ip("10.1.0.1"), ip("10.1.0.2"), 1000 + i, 8000)
+        s = FlowKey(ip("10.2.0.1"), ip("10.2.0.2"), 9000, 20000 + i)
+        cs, sc = splice_entries()
+        agent._commit(
+            Entry(**{**cs.__dict__, "match": c, "rewrite": s.reversed()}),
+            Entry(**{**sc.__dict__, "match": s, "rewrite": c.reversed()}),
+            ok,
+            owner=2000 + i % 7,
+        )
+
+    def walked(*_a, **_k):
+        raise AssertionError("a request walked every splice")
+
+    for table in (agent._splices, agent._learning, agent._held):
+        table.values = walked  # type: ignore[method-assign]
+        table.items = walked  # type: ignore[method-assign]
+    return agent
+
+
+def test_an_unprivileged_callers_checks_and_listing_go_by_index(crowded):
+    alice = Caller(1001)
+    crowded._check_owner(alice, FlowKey(ip("10.9.0.1"), ip("10.9.0.2"), 1, 2))
+    crowded._check_quota(alice, "splices", 1)
+    crowded._check_quota(alice, "learning", 2)
+    assert crowded.list(alice) == []
+    assert crowded.stats(alice)["splices"] == []
+    mine = crowded.list(Caller(2003))
+    assert len(mine) == 2000 // 7 + (3 < 2000 % 7)
+    with pytest.raises(refusal.NotOwner):  # someone else's flow, found by its match
+        crowded._check_owner(alice, FlowKey(ip("10.1.0.1"), ip("10.1.0.2"), 1003, 8000))
+
+
+def test_quotas_count_what_the_caller_owns(target):
+    agent = Agent(target)
+    agent.quotas.splices = 1
+    bob = Caller(1002)
+    agent._check_quota(bob, "splices", 1)
+    agent._commit(*splice_entries(), ok, owner=bob.uid)
+    with pytest.raises(refusal.LimitReached):
+        agent._check_quota(bob, "splices", 1)
+    agent._check_quota(Caller(1003), "splices", 1)  # another uid's count is its own
+    agent.release(next(iter(agent._splices)))
+    agent._check_quota(bob, "splices", 1)  # released: counted no more
