@@ -1,11 +1,15 @@
-"""The agent's Unix socket server: one event loop (selectors) for every
+"""The agent's Unix socket server: one event loop (epoll) for every
 connection, a bounded pool of workers for the requests, and the data plane's
 event loop and the reaper beside it.
 
 A connection has one request in flight at most: the loop reads its next
 message only once every page of the answer is sent or queued, so answers come
-in order. The worker sends what the socket takes at once itself. Descriptors
-received are closed exactly once, whatever happens.
+in order. Connections are watched one-shot (EPOLLONESHOT): an event disarms
+the socket until whoever handled it arms it again. The worker sends what the
+socket takes at once itself and, if that was the whole answer, arms the
+connection for its next request: the loop hears nothing of a request once it
+passed it on (no wake-up, no thread switch back). Descriptors received are
+closed exactly once, whatever happens.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import os
 import pwd
 import queue
 import select
-import selectors
 import socket
 import stat
 import struct
@@ -41,6 +44,7 @@ REAP_INTERVAL_S = 0.5
 ACCEPT_BACKOFF_S = 0.2  # out of descriptors: stop accepting this long, keep serving
 SO_PEERGROUPS = 59
 MAX_GROUPS = 65536
+_ONESHOT = select.EPOLLIN | select.EPOLLONESHOT
 WATCH_BACKLOG = 10000  # events queued for a watcher that does not read: then it is dropped
 
 
@@ -61,7 +65,7 @@ class _Conn:
     closed: bool = False
     wake: _Wake | None = None  # a watcher's sink in the agent
     # A worker sends its answer itself (one thread switch less before the proxy
-    # has it); the loop closes the socket under the same lock.
+    # has it) and arms the socket again; the loop closes it under the same lock.
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -125,7 +129,8 @@ class AgentServer:
             )
         self._listener.listen(128)
         self._listener.setblocking(False)
-        self._sel = selectors.DefaultSelector()
+        self._ep = select.epoll()
+        self._watched: dict[int, _Conn | str] = {}  # fd: its connection, or "listen", "wake"
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -164,22 +169,23 @@ class AgentServer:
         ]
         for t in threads:
             t.start()
-        self._sel.register(self._listener, selectors.EVENT_READ, "listen")
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._watch(self._listener, "listen")
+        self._watch(self._wake_r, "wake")
         try:
             while not self._stop.is_set():
                 self._resume_accepting()
-                for key, mask in self._sel.select(0.2):
-                    if key.data == "listen":
+                for fd, mask in self._ep.poll(0.2):
+                    what = self._watched.get(fd)
+                    if what == "listen":
                         self._accept()
-                    elif key.data == "wake":
+                    elif what == "wake":
                         self._drain_wake()
-                    else:
+                    elif isinstance(what, _Conn):
                         try:
-                            self._ready(key.data, mask)
+                            self._ready(what, mask)
                         except Exception:  # one connection's fault must not stop the rest
-                            log.exception("connection of uid %d", key.data.caller.uid)
-                            self._close(key.data)
+                            log.exception("connection of uid %d", what.caller.uid)
+                            self._close(what)
                 self._complete()
         finally:
             self._listener.close()
@@ -188,7 +194,7 @@ class AgentServer:
             for conn in list(self._conns):
                 self._close(conn)
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._sel.close()
+            self._ep.close()
 
     def shutdown(self) -> None:
         """From a signal handler or another thread: the loop ends and cleans up."""
@@ -207,7 +213,7 @@ class AgentServer:
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     log.warning("accept: %s; pausing %.1f s", exc.strerror, ACCEPT_BACKOFF_S)
-                    self._sel.unregister(self._listener)
+                    self._unwatch(self._listener)
                     self._accept_paused_until = time.monotonic() + ACCEPT_BACKOFF_S
                     return
                 if self._stop.is_set():
@@ -218,7 +224,7 @@ class AgentServer:
     def _resume_accepting(self) -> None:
         if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
             self._accept_paused_until = 0.0
-            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+            self._watch(self._listener, "listen")
 
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -244,26 +250,33 @@ class AgentServer:
         conn = _Conn(sock, caller)
         self._conns.add(conn)
         self._per_uid[uid] += 1
-        self._sel.register(sock, selectors.EVENT_READ, conn)
+        self._watch(conn.sock, conn, _ONESHOT)  # armed for its first request
 
-    def _interest(self, conn: _Conn) -> None:
-        events = 0 if conn.busy else selectors.EVENT_READ
+    def _watch(self, sock: socket.socket, what: _Conn | str, flags: int = select.EPOLLIN) -> None:
+        self._watched[sock.fileno()] = what
+        self._ep.register(sock.fileno(), flags)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        self._watched.pop(sock.fileno(), None)
+        self._ep.unregister(sock.fileno())
+
+    def _arm(self, conn: _Conn) -> None:
+        """After an event of conn's (which disarmed it): watched again for its
+        next request unless one is in flight, and for room to write if pages
+        wait. A busy connection with nothing to send stays disarmed."""
+        events = 0 if conn.busy else select.EPOLLIN
         if conn.out:
-            events |= selectors.EVENT_WRITE
-        try:
-            if events:
-                self._sel.modify(conn.sock, events, conn)
-            else:
-                self._sel.unregister(conn.sock)
-        except KeyError:
-            if events:
-                self._sel.register(conn.sock, events, conn)
+            events |= select.EPOLLOUT
+        if events and not conn.closed:
+            self._ep.modify(conn.sock.fileno(), events | select.EPOLLONESHOT)
 
     def _ready(self, conn: _Conn, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
+        if mask & select.EPOLLOUT:
             self._flush(conn)
-        if mask & selectors.EVENT_READ and not conn.closed and not conn.busy:
-            self._read(conn)
+        if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+            if not conn.closed and not conn.busy:
+                self._read(conn)
+        self._arm(conn)
 
     def _read(self, conn: _Conn) -> None:
         try:
@@ -286,8 +299,7 @@ class AgentServer:
             for fd in fds:
                 os.close(fd)
             return
-        conn.busy = True
-        self._interest(conn)
+        conn.busy = True  # disarmed by the event: it stays so until answered
         self._pool.submit(self._work, conn, doc, fds)
 
     def _work(self, conn: _Conn, doc: dict[str, Any], fds: list[int]) -> None:
@@ -300,24 +312,28 @@ class AgentServer:
             data = [protocol.encode(a) for a in answers]
         except protocol.ProtocolError as exc:
             data = [protocol.encode(_error(refusal.Internal(str(exc))))]
-        if not watch:
-            data = self._send_now(conn, data)
+        if not watch and self._answered(conn, data):
+            return
         self._later(conn, data, done=True, watch=watch)
 
-    @staticmethod
-    def _send_now(conn: _Conn, data: list[bytes]) -> list[bytes]:
-        """What of data the socket did not take now. Only while nothing of an
-        earlier answer waits in conn.out (the loop sends that, in order); the
-        loop neither reads nor writes a busy connection otherwise."""
+    def _answered(self, conn: _Conn, data: list[bytes]) -> bool:
+        """Sends data now; if the socket took all of it, the connection is armed
+        for its next request here and True returned. Otherwise what is left is
+        in data for the loop. Only while nothing of an earlier answer waits in
+        conn.out (the loop sends that, in order); the loop neither reads nor
+        writes a busy connection otherwise."""
         with conn.lock:
             if conn.closed or conn.out:
-                return data
-            for i, page in enumerate(data):
+                return False
+            while data:
                 try:
-                    conn.sock.send(page)
+                    conn.sock.send(data[0])
                 except (BlockingIOError, OSError):  # the loop retries, or finds it closed
-                    return data[i:]
-        return []
+                    return False
+                data.pop(0)
+            conn.busy = False
+            self._arm(conn)  # under the lock: the loop closes the socket under it
+        return True
 
     def _later(self, conn: _Conn, data: list[bytes], done: bool, watch: bool = False) -> None:
         self._done.put((conn, data, done, watch))
@@ -370,22 +386,18 @@ class AgentServer:
                 self._close(conn)
                 return
             conn.out.popleft()
-        if not conn.closed:
-            self._interest(conn)
+        self._arm(conn)
 
     def _close(self, conn: _Conn) -> None:
         if conn.closed:
             return
-        conn.closed = True
         self._conns.discard(conn)
         self._per_uid[conn.caller.uid] -= 1
         if self._per_uid[conn.caller.uid] <= 0:
             del self._per_uid[conn.caller.uid]
-        try:
-            self._sel.unregister(conn.sock)
-        except KeyError:
-            pass
-        with conn.lock:
+        with conn.lock:  # a worker arms the socket under it, if still open
+            conn.closed = True
+            self._unwatch(conn.sock)
             conn.sock.close()
         if conn.wake is not None:
             self.agent.unwatch(conn.wake)

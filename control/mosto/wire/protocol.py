@@ -93,17 +93,21 @@ def _no_constant(name: str) -> Any:
     raise ProtocolError(f"{name} is not JSON")
 
 
+_decoder = json.JSONDecoder(
+    parse_int=_number,
+    parse_float=_number,
+    parse_constant=_no_constant,
+    object_pairs_hook=_no_repeats,
+)
+
+
 def decode(data: bytes) -> dict[str, Any]:
-    if _depth(data) > MAX_DEPTH:
+    # No deeper than its opening brackets (strings' included): most messages
+    # need no walk byte by byte.
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(data) > MAX_DEPTH:
         raise ProtocolError(f"JSON nested deeper than {MAX_DEPTH}")
     try:
-        doc = json.loads(
-            data,
-            parse_int=_number,
-            parse_float=_number,
-            parse_constant=_no_constant,
-            object_pairs_hook=_no_repeats,
-        )
+        doc = _decoder.decode(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):

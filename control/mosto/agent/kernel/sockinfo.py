@@ -12,6 +12,7 @@ import errno
 import os
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -49,12 +50,21 @@ def transparent(sock: socket.socket) -> bool:
     return sock.getsockopt(socket.IPPROTO_IP, IP_TRANSPARENT) != 0
 
 
+_ao_in_kernel = True  # until a getsockopt says otherwise (ENOPROTOOPT)
+
+
 def tcp_ao(sock: socket.socket) -> bool:
+    global _ao_in_kernel
+    if not _ao_in_kernel:
+        return False
     try:
         sock.getsockopt(socket.IPPROTO_TCP, TCP_AO_INFO, 48)
     except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOPROTOOPT, errno.EINVAL):
-            return False  # no AO key on this socket, or no TCP-AO in this kernel
+        if exc.errno == errno.ENOPROTOOPT:  # no TCP-AO in this kernel: never ask again
+            _ao_in_kernel = False
+            return False
+        if exc.errno in (errno.ENOENT, errno.EINVAL):
+            return False  # no AO key on this socket
         raise
     return True
 
@@ -100,10 +110,7 @@ def diag(
     ext = 1 << (INET_DIAG_INFO - 1)  # the aux attributes, MD5SIG among them, come with it
     req = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, ext, 0, 0xFFFFFFFF)  # any state
     body = req + sockid
-    hdr = struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 1, 0)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
-        nl.send(hdr + body)
-        data = nl.recv(65536)
+    data = _diag_round_trip(body)
     length, kind = struct.unpack_from("=IH", data)
     if kind == NLMSG_ERROR:
         (err,) = struct.unpack_from("=i", data, 16)
@@ -122,6 +129,29 @@ def diag(
         md5 = md5 or atype == INET_DIAG_MD5SIG
         off += (alen + 3) & ~3
     return Diag(inode, uid, state, md5)
+
+
+_diag = threading.local()  # each thread's sock_diag socket, opened once
+_DIAG_BUF = 8192  # one socket's answer: the message, TCP_INFO and a few attributes
+_DIAG_STALE_MAX = 4  # late answers skipped (a request cut short by an exception)
+
+
+def _diag_round_trip(body: bytes) -> bytes:
+    """One request on the thread's netlink socket (made in its namespace, which
+    a thread keeps: netinfo.netns); the answer to this request's sequence
+    number, any late answer to an earlier one skipped."""
+    nl = getattr(_diag, "sock", None)
+    if nl is None:
+        nl = _diag.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+        _diag.seq = 0
+    _diag.seq = seq = (_diag.seq + 1) & 0xFFFFFFFF
+    hdr = struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0)
+    nl.send(hdr + body)
+    for _ in range(_DIAG_STALE_MAX + 1):
+        data = nl.recv(_DIAG_BUF)
+        if len(data) >= 16 and struct.unpack_from("=I", data, 8)[0] == seq:
+            return data
+    raise DiagError("sock_diag: no answer to the request")
 
 
 def endpoint(addr: tuple) -> tuple[Address, int]:
