@@ -614,7 +614,7 @@ class Agent:
         try:
             yield
         finally:
-            self.repairlog.remove(record)
+            self.repairlog.clear(record)
 
     def recover_repairs(self) -> int:
         """A dead agent's proxy sockets still in repair mode, taken back from
@@ -638,7 +638,7 @@ class Agent:
                     log.warning("could not finish a dead agent's repair of %s: %s", sock, exc)
                 finally:
                     sock.close()
-            self.repairlog.remove(rec.path)
+            self.repairlog.discard(rec.path)
         return done
 
     def _finish_repair(self, sock: socket.socket) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from mosto.agent import requests
 from mosto.agent.core import Agent
-from mosto.agent.server import AgentServer
+from mosto.agent.server import WATCH_BACKLOG, AgentServer
 from mosto.targets.memory import MemoryTarget
 from mosto.wire import protocol, refusal
 
@@ -186,3 +186,49 @@ def test_pipelined_requests_are_answered_in_order_and_echo_their_id(server):
             s.send(json.dumps(doc).encode())
         ids = [json.loads(s.recv(protocol.MAX_MESSAGE))["id"] for _ in range(20)]
     assert ids == list(range(20))
+
+
+def _watching(srv: AgentServer) -> socket.socket:
+    s = _connect(srv)
+    assert _ask(s, b'{"op":"watch"}')["ok"] is True
+    deadline = time.monotonic() + 5
+    while not srv.agent._watchers:  # the agent hears of the watcher after the answer
+        assert time.monotonic() < deadline, "the watcher was never registered"
+        time.sleep(0.01)
+    return s
+
+
+def test_a_watcher_gets_every_event_in_order_from_whichever_thread_emits(server):
+    def emit(k: int) -> None:
+        for i in range(200):
+            server.agent._emit({"event": "x", "n": k * 1000 + i}, None)
+
+    with _watching(server) as s:
+        emitters = [threading.Thread(target=emit, args=(k,)) for k in range(4)]
+        for t in emitters:
+            t.start()
+        for t in emitters:
+            t.join()
+        got = [json.loads(s.recv(protocol.MAX_MESSAGE))["n"] for _ in range(800)]
+    for k in range(4):  # each emitter's events arrive in the order it sent them
+        assert [n for n in got if n // 1000 == k] == [k * 1000 + i for i in range(200)]
+
+
+def test_a_watcher_that_does_not_read_is_dropped_and_the_rest_served(server):
+    before = len(server._conns)
+    with _watching(server) as slow, _connect(server) as other:
+        for i in range(WATCH_BACKLOG + 5000):
+            server.agent._emit({"event": "x", "n": i}, None)
+        assert server.agent._watchers == [], "the slow watcher is still registered"
+        assert _ask(other, b'{"op":"list"}')["ok"] is True
+        received = 0
+        try:  # what the socket took before the drop, then the end
+            while slow.recv(protocol.MAX_MESSAGE):
+                received += 1
+        except ConnectionResetError:
+            pass
+        assert received < WATCH_BACKLOG + 5000
+    deadline = time.monotonic() + 5
+    while len(server._conns) > before:
+        assert time.monotonic() < deadline, "the agent kept the connections"
+        time.sleep(0.01)
