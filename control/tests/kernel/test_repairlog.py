@@ -70,3 +70,20 @@ def test_a_record_for_sockets_already_gone_is_dropped(tmp_path):
 
 def test_recover_is_a_no_op_without_a_log():
     assert Agent(MemoryTarget()).recover_repairs() == 0
+
+
+def test_a_thread_rewrites_one_slot_and_a_cleared_slot_holds_no_record(tmp_path):
+    a = socket.create_server(("127.0.0.1", 0))
+    b = socket.create_connection(a.getsockname())
+    log = RepairLog(tmp_path / "repairing")
+    first = log.write(0, os.getpid(), a, b)
+    log.clear(first)
+    assert log.write(1000, os.getpid(), b, a) == first  # the same file, rewritten
+    (rec,) = log.records()
+    assert rec.uid == 1000 and rec.socks[0][0] == cookie(b)
+    log.clear(first)
+    assert list(log.records()) == [] and os.path.exists(first)  # ours: kept, empty
+    dead = RepairLog(tmp_path / "repairing")  # a next agent finds the dead one's slot
+    assert list(dead.records()) == [] and not os.path.exists(first)
+    for s in (a, b):
+        s.close()
