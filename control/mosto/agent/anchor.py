@@ -19,8 +19,8 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mosto.agent.kernel.poke import repair_window
-from mosto.agent.kernel.tcpstate import enter_repair, leave_repair, read_state
+from mosto.agent.kernel.poke import RepairWindow, repair_window
+from mosto.agent.kernel.tcpstate import TcpState, enter_repair, leave_repair, read_state
 from mosto.dataplane.learning import Learned
 
 U32 = 1 << 32
@@ -39,6 +39,12 @@ class Windows:
     max_window: int  # the largest window the peer offered, bytes
 
 
+def windows(state: TcpState, w: RepairWindow) -> Windows:
+    """From a read in repair mode (state) and the socket's repair_window()."""
+    assert state.rcv_nxt is not None and state.snd_nxt is not None
+    return Windows(state.rcv_nxt, w.rcv_wnd, state.snd_nxt, w.max_window)
+
+
 def read_windows(sock: socket.socket) -> Windows:
     """The windows of a live socket, through a moment in repair mode."""
     enter_repair(sock)
@@ -47,8 +53,7 @@ def read_windows(sock: socket.socket) -> Windows:
         w = repair_window(sock)
     finally:
         leave_repair(sock)
-    assert state.rcv_nxt is not None and state.snd_nxt is not None
-    return Windows(state.rcv_nxt, w.rcv_wnd, state.snd_nxt, w.max_window)
+    return windows(state, w)
 
 
 def in_window(rec: Learned, w: Windows) -> bool:

@@ -27,7 +27,7 @@ from mosto.agent.kernel import sockinfo
 from mosto.agent.kernel.hold import Holds
 from mosto.agent.kernel.netinfo import NoRoute, next_hop
 from mosto.agent.kernel.neutral import Reservation, neutralise, no_queue, reserve
-from mosto.agent.kernel.poke import poke, prompt_ack, receive_window
+from mosto.agent.kernel.poke import poke, prompt_ack, receive_window, repair_window
 from mosto.agent.kernel.repairlog import RepairLog, take_back
 from mosto.agent.kernel.tcpstate import (
     TCP_ESTABLISHED,
@@ -41,7 +41,7 @@ from mosto.agent.trust import TRUSTED, Caller
 from mosto.agent.turn import Turn
 from mosto.agent.txerrors import TxErrors
 from mosto.dataplane.entry import Entry, FlowKey
-from mosto.targets.base import EventReader, SpliceEvent, TableFull, Target
+from mosto.targets.base import EntryStats, EventReader, SpliceEvent, TableFull, Target
 from mosto.wire import refusal
 
 log = logging.getLogger("mosto.agent")
@@ -62,6 +62,11 @@ ALIVE_AFTER_GRACE = 0.5
 
 # A spliced socket as it was read for the entries, and the window it offered then.
 Anchors = tuple[tuple[TcpState, int], tuple[TcpState, int]]
+
+
+class _NoAnchor(Exception):
+    """A side has no in-window TSval in the install's read: the peers are
+    probed (outside repair mode) and the install tried once more."""
 
 
 def _arriving(sock: socket.socket) -> FlowKey:
@@ -455,11 +460,7 @@ class Agent:
         dropped and the peer probed, and its answer gets a few RTTs to arrive.
         A flow that was never registered, or whose learning entry idled out,
         gets one now. Refuses if a side still has none."""
-        with self._lock:
-            for _, _, flow in sides:
-                if flow not in self._learning and self.target.entry_id(flow) is None:
-                    self._add(Entry.learning(flow))
-                    self._learning[flow] = Learning(flow, owner=owner)
+        self._learn(sides, owner)
         wins = {flow: anchor.read_windows(sock) for sock, _, flow in sides}
         found = {flow: self._anchor(flow, wins[flow]) for _, _, flow in sides}
         missing = [(sock, st, flow) for sock, st, flow in sides if found[flow] is None]
@@ -484,11 +485,20 @@ class Agent:
             raise refusal.TimestampsUnknown(f"no TSval from the {who} in window yet")
         return tsvals[0], tsvals[1]
 
-    def _last_passed(self, pair: Pair) -> float | None:
+    def _learn(self, sides, owner: int | None) -> None:
+        """A learning entry for each side that has none (never registered, or
+        idled out): its TSvals are learned from now on."""
+        with self._lock:
+            for _, _, flow in sides:
+                if flow not in self._learning and self.target.entry_id(flow) is None:
+                    self._add(Entry.learning(flow))
+                    self._learning[flow] = Learning(flow, owner=owner)
+
+    @staticmethod
+    def _last_passed(got: dict[FlowKey, EntryStats]) -> float | None:
         """When the data plane last passed a packet of either inbound flow to the
-        proxy (monotonic seconds), or None if it cannot tell (a flow without a
-        learning entry). One read of both entries."""
-        got = self.target.stats_many([pair.from_client, pair.from_server])
+        proxy (monotonic seconds), from one read of both entries' stats; None if
+        it cannot tell (a flow without a learning entry)."""
         if len(got) < 2:
             return None
         return max(st.last_seen_ns for st in got.values()) / 1e9
@@ -503,10 +513,15 @@ class Agent:
         return last_passed + COARSE_TICK_S + SETTLE_S >= read_at
 
     def _anchor(self, flow: FlowKey, windows: anchor.Windows) -> int | None:
-        """The latest in-window TSval the data plane recorded for flow, or the
-        last one found before its entry was reset (a rolled-back hand-over
-        re-installs the learning entry): any TSval the sender used is safe."""
-        st = self.target.stats_many([flow]).get(flow)
+        return self._anchor_in(flow, windows, self.target.stats_many([flow]).get(flow))
+
+    def _anchor_in(
+        self, flow: FlowKey, windows: anchor.Windows, st: EntryStats | None
+    ) -> int | None:
+        """The latest in-window TSval the data plane recorded for flow (st: its
+        stats, None if it has no entry), or the last one found before its
+        entry was reset (a rolled-back hand-over re-installs the learning
+        entry): any TSval the sender used is safe."""
         rec = anchor.pick(st.learned, windows) if st is not None else None
         learning = self._learning.get(flow)
         if rec is not None:
@@ -579,18 +594,22 @@ class Agent:
                         f"client and server are both reached through {to_server_hop.ifname}, "
                         "native XDP on veth, where XDP_TX stalls: attach it generic or tc"
                     )
-                tsvals: tuple[int | None, int | None] = (None, None)
+                sides = ((a, s_a, pair.from_client), (b, s_b, pair.from_server))
+                tsvals: tuple[int | None, int | None] | None = (None, None)
                 if s_a.info.timestamps:
-                    sides = ((a, s_a, pair.from_client), (b, s_b, pair.from_server))
-                    tsvals = self._anchors(sides, caller.uid)
+                    self._learn(sides, caller.uid)
+                    tsvals = None  # from the install's own read, if it can
                 with self._lock:
                     for flow in (pair.from_client, pair.from_server):
                         self._require_free(flow)
                 # Outside the agent's lock (this flow's lock is held): _commit
                 # takes it for the table changes only.
-                splice, anchors = self._frozen_install(
-                    a, b, pair, to_server_hop, to_client_hop, tsvals, caller.uid
-                )
+                hops = (to_server_hop, to_client_hop)
+                try:
+                    splice, anchors = self._frozen_install(a, b, pair, *hops, tsvals, caller.uid)
+                except _NoAnchor:  # out of repair again: probe the peers, and wait
+                    tsvals = self._anchors(sides, caller.uid)
+                    splice, anchors = self._frozen_install(a, b, pair, *hops, tsvals, caller.uid)
             except BaseException:
                 if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
                     self._kick(a, b, pair)
@@ -721,9 +740,20 @@ class Agent:
             read_at = time.monotonic()
             r_a, r_b = read_state(a, repair=True), read_state(b, repair=True)
             check_quiet(r_a, r_b)
-            # Read after the sockets: what passed the data plane before them.
-            last_passed = self._last_passed(pair)
-            anchors = ((r_a, receive_window(a, r_a)), (r_b, receive_window(b, r_b)))
+            # Read after the sockets: what passed the data plane before them,
+            # and the TSvals it learned.
+            got = self.target.stats_many([pair.from_client, pair.from_server])
+            last_passed = self._last_passed(got)
+            w_a, w_b = repair_window(a), repair_window(b)
+            anchors = ((r_a, receive_window(a, r_a, w_a)), (r_b, receive_window(b, r_b, w_b)))
+            if tsvals is None:
+                found = [
+                    self._anchor_in(flow, anchor.windows(r, w), got.get(flow))
+                    for flow, r, w in ((pair.from_client, r_a, w_a), (pair.from_server, r_b, w_b))
+                ]
+                if None in found:
+                    raise _NoAnchor
+                tsvals = (found[0], found[1])
             cs, sc = (
                 self._on_port(e)
                 for e in build_entries(r_a, r_b, to_server_hop, to_client_hop, *tsvals)
@@ -765,7 +795,7 @@ class Agent:
             for sock in entered:
                 no_queue(sock)
                 leave_repair(sock)
-            if isinstance(exc, refusal.Refused):
+            if isinstance(exc, (refusal.Refused, _NoAnchor)):
                 raise
             log.exception("hand-over failed")
             raise refusal.Internal(f"{type(exc).__name__}: {exc}") from None

@@ -232,12 +232,6 @@ def test_fin_events_are_reported_once_per_side(target):
     assert [(e["event"], e["from"]) for e in events] == [("fin", "client"), ("fin", "server")]
 
 
-def _pair_of_flows():
-    from mosto.agent.handover import Pair
-
-    return Pair(FROM_CLIENT, FROM_SERVER)
-
-
 def test_a_flow_quiet_since_long_before_the_read_needs_no_settle(target):
     agent = Agent(target)
     for flow in (FROM_CLIENT, FROM_SERVER):
@@ -245,7 +239,7 @@ def test_a_flow_quiet_since_long_before_the_read_needs_no_settle(target):
     agent = Agent(target)
     target.hit(FROM_CLIENT, tsval=111)
     target.hit(FROM_SERVER, tsval=222)
-    last = agent._last_passed(_pair_of_flows())
+    last = agent._last_passed(target.stats_many([FROM_CLIENT, FROM_SERVER]))
     assert last is not None
     assert agent._needs_settle(last, read_at=last + 0.001), "a packet 1 ms before the read"
     assert not agent._needs_settle(last, read_at=last + 1.0), "the last packet 1 s before"
@@ -253,7 +247,7 @@ def test_a_flow_quiet_since_long_before_the_read_needs_no_settle(target):
 
 def test_a_flow_without_learning_entries_or_on_a_switch_always_settles(target):
     agent = Agent(target)
-    last = agent._last_passed(_pair_of_flows())
+    last = agent._last_passed(target.stats_many([FROM_CLIENT, FROM_SERVER]))
     assert last is None
     assert agent._needs_settle(last, read_at=time.monotonic())
     switch = Agent(MemoryTarget(), port_map={"pc": 1, "ps": 2})

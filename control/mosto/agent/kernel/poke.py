@@ -52,11 +52,12 @@ def repair_window(sock: socket.socket) -> RepairWindow:
     return RepairWindow(*_REPAIR_WINDOW.unpack(raw))
 
 
-def receive_window(sock: socket.socket, state: TcpState) -> int:
+def receive_window(sock: socket.socket, state: TcpState, w: RepairWindow | None = None) -> int:
     """The window field the socket would advertise now (in repair mode): what is
     left of the window it last offered, in its own scale. Never less than it
-    offered: shrinking a window is what RFC 9293 asks a receiver not to do."""
-    w = repair_window(sock)
+    offered: shrinking a window is what RFC 9293 asks a receiver not to do.
+    w: the socket's repair_window(), if read already."""
+    w = repair_window(sock) if w is None else w
     rcv_wnd, rcv_wup = w.rcv_wnd, w.rcv_wup
     assert state.rcv_nxt is not None
     left = (rcv_wup + rcv_wnd - state.rcv_nxt) % U32
