@@ -248,6 +248,33 @@ def top_frames(raw: Path, n: int = 12) -> dict:
     return {"samples": total, "inclusive": share(inclusive), "self": share(own)}
 
 
+def server_floor(socket_path: str, agent_pid: int, n: int) -> dict:
+    """What the agent's socket server costs a request that does nothing: n
+    `release` requests of a splice that does not exist, one at a time on one
+    connection, each refused (not_found) without a look at the table beyond
+    one dict lookup. The part of every request that is not the hand-over's."""
+    from mosto.wire.client import AgentClient
+    from mosto.wire.refusal import Refused
+
+    client = AgentClient(socket_path)
+    ms = []
+    cpu0 = proc_cpu(agent_pid)
+    for _ in range(n):
+        t = time.perf_counter()
+        try:
+            client.release(1)
+        except Refused as exc:
+            assert exc.code == "not_found", exc
+        ms.append((time.perf_counter() - t) * 1e3)
+    cpu = proc_cpu(agent_pid) - cpu0
+    return {
+        "requests": n,
+        "p50_ms": round(pct(ms, 0.5), 3),
+        "p99_ms": round(pct(ms, 0.99), 3),
+        "agent_cpu_us_per_request": round(cpu / n * 1e6, 1),
+    }
+
+
 def start_agent(topo, procs: Processes, log: str, timeout: float) -> tuple:
     """Topology.start_agent's agent (the same command), waited for longer: a
     restarted agent rebuilds its splices before it serves. The process, the
@@ -411,6 +438,9 @@ def main() -> int:
         print(f"{args.flows} quiet flows handed over one at a time:", file=sys.stderr)
         quiet = summary(bench.quiet_pairs("--flows", str(args.flows), agent_pid=agent.pid))
         progress(f"{quiet}")
+        print("the socket server alone: 2,000 requests that do nothing:", file=sys.stderr)
+        floor = server_floor(topo.agent_socket, agent.pid, 2000)
+        progress(f"{floor}")
         print(
             f"burst: {args.burst} quiet flows over {args.connections} agent connections:",
             file=sys.stderr,
@@ -477,6 +507,7 @@ def main() -> int:
             "quiet": quiet,
             "burst": burst,
             "burst_batched": batched,
+            "server_floor": floor,
             "relay_cpu_ns_per_byte": round(relay_ns_per_byte, 3),
             "handover_cpu_us": round(handover_cpu_us, 1),
             "break_even_bytes_one_at_a_time": round(quiet_cpu_us * 1e3 / relay_ns_per_byte),
@@ -635,7 +666,14 @@ def render(args, r: dict) -> str:
             f"| {q['agent_cpu_us_per_register']} | {q['proxy_cpu_us_per_offload']} "
             f"| {q['proxy_cpu_us_per_register']} |"
         )
+    fl = d["server_floor"]
     lines += [
+        "",
+        f"The socket server alone, on the same agent: {fl['requests']:,} requests that do",
+        "nothing (`release` of a splice that does not exist, refused `not_found`), one",
+        f"at a time: p50 {fl['p50_ms']} ms, p99 {fl['p99_ms']} ms, "
+        f"{fl['agent_cpu_us_per_request']} us of agent CPU each.",
+        "Every register and offload pays that on top of its own work.",
         "",
         "### Break-even",
         "",

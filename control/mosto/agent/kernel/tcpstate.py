@@ -64,7 +64,7 @@ class TcpState:
     outq: int  # bytes written, not yet acknowledged by the peer
     snd_nxt: int | None = None  # only in repair mode
     rcv_nxt: int | None = None
-    ts_clock: int | None = None  # this socket's TSval clock now
+    ts_clock: int | None = None  # this socket's TSval clock now; only in repair mode
 
 
 def tcp_info(sock: socket.socket) -> TcpInfo:
@@ -100,7 +100,7 @@ def read_state(sock: socket.socket, repair: bool = False) -> TcpState:
         rcv_nxt = _u32_opt(sock, TCP_QUEUE_SEQ)
     info = tcp_info(sock)
     inq, outq = queued(sock)
-    if info.timestamps:
+    if repair and info.timestamps:  # only the entries and pokes use it, from such a read
         ts_clock = _u32_opt(sock, TCP_TIMESTAMP)
     return TcpState(
         local=_endpoint(sock.getsockname()),
