@@ -186,17 +186,23 @@ def test_restart_removes_half_a_splice(target):
     assert target.entries() == [] and agent.list() == []
 
 
-def test_reaper_reads_all_stats_in_one_batch(target):
-    agent = Agent(target, idle_timeout=3600.0)
-    for i in range(50):
+def _splice_many(agent: Agent, n: int, owners: int = 0) -> None:
+    """n splices of their own ports; with owners, owned by uids 2000 to 2000+owners-1."""
+    for i in range(n):
         c = FlowKey(ip("10.1.0.1"), ip("10.1.0.2"), 1000 + i, 8000)
-        s = FlowKey(ip("10.2.0.1"), ip("10.2.0.2"), 9000, 2000 + i)
+        s = FlowKey(ip("10.2.0.1"), ip("10.2.0.2"), 9000, 20000 + i)
         cs, sc = splice_entries()
         agent._commit(
             Entry(**{**cs.__dict__, "match": c, "rewrite": s.reversed()}),
             Entry(**{**sc.__dict__, "match": s, "rewrite": c.reversed()}),
             ok,
+            owner=2000 + i % owners if owners else None,
         )
+
+
+def test_reaper_reads_all_stats_in_one_batch(target):
+    agent = Agent(target, idle_timeout=3600.0)
+    _splice_many(agent, 50)
     before = target.reads
     agent.reap()
     assert target.reads - before == 1
@@ -259,16 +265,7 @@ def crowded(target):
     """An agent with 2,000 splices of other users, whose tables refuse to be
     walked from here on: an unprivileged caller's checks must go by index."""
     agent = Agent(target, idle_timeout=3600.0)
-    for i in range(2000):
-        c = FlowKey(ip("10.1.0.1"), ip("10.1.0.2"), 1000 + i, 8000)
-        s = FlowKey(ip("10.2.0.1"), ip("10.2.0.2"), 9000, 20000 + i)
-        cs, sc = splice_entries()
-        agent._commit(
-            Entry(**{**cs.__dict__, "match": c, "rewrite": s.reversed()}),
-            Entry(**{**sc.__dict__, "match": s, "rewrite": c.reversed()}),
-            ok,
-            owner=2000 + i % 7,
-        )
+    _splice_many(agent, 2000, owners=7)
 
     def walked(*_a, **_k):
         raise AssertionError("a request walked every splice")
