@@ -8,6 +8,7 @@ import ipaddress
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,26 @@ def test_watchers_get_only_their_own_events(served):
     assert [mine.get_nowait()["event"]] == ["removed"] and mine.empty()
     assert theirs.empty()
     assert everything.get_nowait()["splice"] == sid
+
+
+def test_a_client_that_does_not_read_its_answers_is_not_read_from(served):
+    """Requests sent without reading the answers: the agent sends what the
+    socket takes, keeps the rest of that one answer, and reads no further
+    request until it is gone; then every answer comes, in order."""
+    agent, srv = served
+    _spliced(agent, 5000, owner=0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(srv.path)
+        s.settimeout(30)
+        for i in range(30):
+            protocol.send(s, {"op": "list", "id": i})
+        time.sleep(0.5)
+        (conn,) = srv._conns
+        one_answer = -(-5000 * len(json.dumps(agent.list()[0])) // protocol.MAX_MESSAGE) + 1
+        assert 0 < len(conn.out) <= one_answer, len(conn.out)
+        ids = []
+        while len(ids) < 30:
+            page = json.loads(s.recv(protocol.MAX_MESSAGE))
+            if not page["more"]:
+                ids.append(page["id"])
+    assert ids == list(range(30))
