@@ -114,8 +114,10 @@ def _check_spliced_transfer(
 def test_transfer_handed_over_mid_stream(stack, size, after, upload):
     port = 8000 + 10 * ["1M", "64M", "1G"].index(size) + upload
     with stack.proxy(port, "--handover-after", str(after)) as proxy:
-        # 1 MiB is paced a little, so that it is still flowing at the hand-over.
-        pace = ["--pace", "0.002"] if size == "1M" else []
+        # 1 MiB is paced a little, so that it is still flowing at the hand-over;
+        # an upload more, so that on a loaded host it outlasts a few refused
+        # attempts (a held client's last in-flight segments come late there).
+        pace = ["--pace", "0.005" if upload else "0.002"] if size == "1M" else []
         result = stack.fetch(proxy, size, *pace, *(["--upload"] if upload else []))
         nbytes = result["bytes"]
         _check_spliced_transfer(stack, proxy, result, nbytes, upload)
