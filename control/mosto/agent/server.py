@@ -199,16 +199,19 @@ class AgentServer:
             self._resume_accepting()
             for fd, mask in self._ep.poll(0.2, 1):
                 what = self._watched.get(fd)
-                if what == "listen":
-                    self._accept()
-                elif what == "wake":
-                    self._drain_wake()
-                elif isinstance(what, _Conn):
-                    try:
+                try:
+                    if what == "listen":
+                        self._accept()
+                    elif what == "wake":
+                        self._drain_wake()
+                    elif isinstance(what, _Conn):
                         self._ready(what, mask)
-                    except Exception:  # one connection's fault must not stop the rest
+                except Exception:  # one fault must not stop this worker, or the rest
+                    if isinstance(what, _Conn):
                         log.exception("connection of uid %d", what.caller.uid)
                         self._close(what)
+                    else:
+                        log.exception("%s", what)
 
     def shutdown(self) -> None:
         """From a signal handler or another thread: the workers end and clean up."""
@@ -296,6 +299,10 @@ class AgentServer:
             self._rearm(conn.sock, events)
 
     def _ready(self, conn: _Conn, mask: int) -> None:
+        """conn's event, which disarmed it: handled, and the socket armed again
+        once, at the end (by _work if it brought a request). Arming it sooner
+        would let another worker take its next request while this one runs,
+        and answer out of order."""
         if mask & select.EPOLLOUT:
             with conn.lock:
                 sent = self._flush(conn)
@@ -357,6 +364,7 @@ class AgentServer:
                 conn.watching = True
                 conn.wake = _Wake(self, conn)
             sent = self._flush(conn)
+            self._arm(conn)
         if not sent:
             self._close(conn)
         elif watch and conn.wake is not None:
@@ -371,6 +379,10 @@ class AgentServer:
             if not full:
                 conn.out.append(page)
                 if self._flush(conn):
+                    # Not this thread's event: armed for room to write if pages
+                    # wait (a watcher has no request whose order could suffer).
+                    if conn.out:
+                        self._arm(conn)
                     return
         if full:
             log.warning("watcher of uid %d does not read; dropped", conn.caller.uid)
@@ -394,10 +406,10 @@ class AgentServer:
             self._close(conn)
 
     def _flush(self, conn: _Conn) -> bool:
-        """Under conn.lock: the pages waiting, as far as the socket takes them,
-        then the connection armed again. False if the socket is broken: the
-        caller closes it once it has let go of the lock (closing takes the
-        agent's lock, which the emitters of events hold while they push)."""
+        """Under conn.lock: the pages waiting, as far as the socket takes them
+        (arming is the caller's). False if the socket is broken: the caller
+        closes it once it has let go of the lock (closing takes the agent's
+        lock, which the emitters of events hold while they push)."""
         while conn.out and not conn.closed:
             try:
                 conn.sock.send(conn.out[0])
@@ -406,7 +418,6 @@ class AgentServer:
             except OSError:
                 return False
             conn.out.popleft()
-        self._arm(conn)
         return True
 
     def _close(self, conn: _Conn) -> None:

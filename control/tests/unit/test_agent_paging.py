@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import select
 import socket
 import threading
 import time
@@ -140,12 +141,31 @@ def test_watchers_get_only_their_own_events(served):
     assert everything.get_nowait()["splice"] == sid
 
 
-def test_a_client_that_does_not_read_its_answers_is_not_read_from(served):
+def test_a_client_that_does_not_read_its_answers_is_not_read_from(served, monkeypatch):
     """Requests sent without reading the answers: the agent sends what the
     socket takes, keeps the rest of that one answer, and reads no further
-    request until it is gone; then every answer comes, in order."""
+    request until it is gone; then every answer comes, in order. Each event
+    of the connection arms it once: a second arm lets another worker take the
+    next request while one runs (answers out of order, as a run once saw)."""
     agent, srv = served
     _spliced(agent, 5000, owner=0)
+    mine = threading.local()
+    seen: list[tuple[int, int]] = []  # (mask, arms) of each event handled
+    ready, rearm = AgentServer._ready, AgentServer._rearm
+
+    def counted_ready(self, conn, mask):
+        mine.arms = 0
+        ready(self, conn, mask)
+        seen.append((mask, mine.arms))
+        del mine.arms
+
+    def counted_rearm(self, sock, events):
+        if hasattr(mine, "arms"):
+            mine.arms += 1
+        rearm(self, sock, events)
+
+    monkeypatch.setattr(AgentServer, "_ready", counted_ready)
+    monkeypatch.setattr(AgentServer, "_rearm", counted_rearm)
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
         s.connect(srv.path)
         s.settimeout(30)
@@ -161,3 +181,5 @@ def test_a_client_that_does_not_read_its_answers_is_not_read_from(served):
             if not page["more"]:
                 ids.append(page["id"])
     assert ids == list(range(30))
+    assert any(mask & select.EPOLLOUT for mask, _ in seen), "never waited for room to write"
+    assert max(arms for _, arms in seen) == 1, seen
