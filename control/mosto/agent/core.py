@@ -453,14 +453,13 @@ class Agent:
         except TableFull as exc:
             raise refusal.TableFull(str(exc)) from None
 
-    def _anchors(self, sides, owner: int | None = None) -> tuple[int, int]:
+    def _anchors(self, sides) -> tuple[int, int]:
         """The TSvals to anchor the hand-over on, each from a segment that was
-        in the socket's window (anchor.py). A side whose record is missing or
-        out of window (a spoofer's, say) is learned afresh: its record is
-        dropped and the peer probed, and its answer gets a few RTTs to arrive.
-        A flow that was never registered, or whose learning entry idled out,
-        gets one now. Refuses if a side still has none."""
-        self._learn(sides, owner)
+        in the socket's window (anchor.py), when the install's own read found
+        none for a side (its flows have learning entries: _learn). A side
+        whose record is missing or out of window (a spoofer's, say) is learned
+        afresh: its record is dropped and the peer probed, and its answer gets
+        a few RTTs to arrive. Refuses if a side still has none."""
         wins = {flow: anchor.read_windows(sock) for sock, _, flow in sides}
         found = {flow: self._anchor(flow, wins[flow]) for _, _, flow in sides}
         missing = [(sock, st, flow) for sock, st, flow in sides if found[flow] is None]
@@ -608,7 +607,7 @@ class Agent:
                 try:
                     splice, anchors = self._frozen_install(a, b, pair, *hops, tsvals, caller.uid)
                 except _NoAnchor:  # out of repair again: probe the peers, and wait
-                    tsvals = self._anchors(sides, caller.uid)
+                    tsvals = self._anchors(sides)
                     splice, anchors = self._frozen_install(a, b, pair, *hops, tsvals, caller.uid)
             except BaseException:
                 if self._lift_hold(pair):  # a refusal: the proxy keeps relaying
