@@ -45,7 +45,6 @@ REAP_INTERVAL_S = 0.5
 ACCEPT_BACKOFF_S = 0.2  # out of descriptors: stop accepting this long, keep serving
 SO_PEERGROUPS = 59
 MAX_GROUPS = 65536
-_ONESHOT = select.EPOLLIN | select.EPOLLONESHOT
 WATCH_BACKLOG = 10000  # events queued for a watcher that does not read: then it is dropped
 
 
@@ -269,7 +268,7 @@ class AgentServer:
                 conn = _Conn(sock, caller)
                 self._conns.add(conn)
                 self._per_uid[uid] += 1
-                self._watch(sock, conn, select.EPOLLIN | select.EPOLLONESHOT)
+                self._watch(sock, conn)
                 return
         try:
             sock.send(protocol.encode(_error(refusal.LimitReached(why))))
@@ -277,9 +276,10 @@ class AgentServer:
             pass
         sock.close()
 
-    def _watch(self, sock: socket.socket, what: _Conn | str, flags: int = _ONESHOT) -> None:
+    def _watch(self, sock: socket.socket, what: _Conn | str) -> None:
+        """Armed for what it has to read first (one-shot, as every socket here)."""
         self._watched[sock.fileno()] = what
-        self._ep.register(sock.fileno(), flags)
+        self._ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
 
     def _rearm(self, sock: socket.socket, events: int) -> None:
         self._ep.modify(sock.fileno(), events | select.EPOLLONESHOT)

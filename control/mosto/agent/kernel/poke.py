@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 from dataclasses import dataclass
 
 from scapy.utils import checksum  # the Internet checksum (RFC 1071)
 
 from mosto.agent.kernel.tcpstate import TcpState, enter_repair, leave_repair, read_state
+from mosto.agent.kernel.threadsock import thread_socket
 
 TCP_REPAIR_WINDOW = 29  # <linux/tcp.h>: struct tcp_repair_window
 _REPAIR_WINDOW = struct.Struct("=5I")  # snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
@@ -125,19 +125,8 @@ def poke(state: TcpState, window: int, peer_tsval: int | None) -> None:
     mode (sequence numbers and TS clock); window: receive_window() of it."""
     packet = segment(state, window, peer_tsval)
     family = socket.AF_INET if state.peer[0].version == 4 else socket.AF_INET6
-    _raw(family).sendto(packet, (str(state.peer[0]), 0))
-
-
-_raws = threading.local()  # each thread's raw sockets by family, made once (in its netns)
-
-
-def _raw(family: int) -> socket.socket:
-    socks: dict[int, socket.socket] | None = getattr(_raws, "by_family", None)
-    if socks is None:
-        socks = _raws.by_family = {}
-    if family not in socks:
-        socks[family] = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    return socks[family]
+    raw = thread_socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)  # send-only
+    raw.sendto(packet, (str(state.peer[0]), 0))
 
 
 def prompt_ack(sock: socket.socket, peer_tsval: int | None = None) -> None:

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 
 from mosto.agent.kernel import netinfo
 from mosto.agent.kernel.tcpstate import TCP_REPAIR, Address, plain_address
+from mosto.agent.kernel.threadsock import thread_socket
 
 SO_NETNS_COOKIE = 71  # <asm-generic/socket.h>, Linux 5.14
 IP_TRANSPARENT, IPV6_TRANSPARENT = 19, 75
@@ -131,20 +132,16 @@ def diag(
     return Diag(inode, uid, state, md5)
 
 
-_diag = threading.local()  # each thread's sock_diag socket, opened once
+_diag = threading.local()  # each thread's sequence number on its sock_diag socket
 _DIAG_BUF = 8192  # one socket's answer: the message, TCP_INFO and a few attributes
 _DIAG_STALE_MAX = 4  # late answers skipped (a request cut short by an exception)
 
 
 def _diag_round_trip(body: bytes) -> bytes:
-    """One request on the thread's netlink socket (made in its namespace, which
-    a thread keeps: netinfo.netns); the answer to this request's sequence
-    number, any late answer to an earlier one skipped."""
-    nl = getattr(_diag, "sock", None)
-    if nl is None:
-        nl = _diag.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
-        _diag.seq = 0
-    _diag.seq = seq = (_diag.seq + 1) & 0xFFFFFFFF
+    """One request on the thread's netlink socket (threadsock.py); the answer
+    to this request's sequence number, any late answer to an earlier one skipped."""
+    nl = thread_socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    _diag.seq = seq = (getattr(_diag, "seq", 0) + 1) & 0xFFFFFFFF
     hdr = struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0)
     nl.send(hdr + body)
     for _ in range(_DIAG_STALE_MAX + 1):
