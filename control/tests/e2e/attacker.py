@@ -239,6 +239,30 @@ def flood(args) -> dict:
     return {}
 
 
+def pipeline(args) -> dict:
+    """Requests sent as fast as the agent takes them, answers never read: once
+    our receive queue is full the agent must stop reading us, and idle. Then,
+    on a line from the test, every answer is read: all of them, in order."""
+    s = agent(args.socket)
+    s.setblocking(False)
+    sent = 0
+    while sent < args.count:
+        try:
+            s.send(json.dumps({"op": "list", "id": sent}).encode())
+        except BlockingIOError:
+            time.sleep(0.05)  # the agent answered some: our receive queue fills
+            try:
+                s.send(json.dumps({"op": "list", "id": sent}).encode())
+            except BlockingIOError:
+                break  # both queues full: the agent reads no more of ours
+        sent += 1
+    print(json.dumps({"sent": sent}), flush=True)
+    sys.stdin.readline()
+    s.settimeout(20)
+    ids = [json.loads(s.recv(MAX))["id"] for _ in range(sent)]
+    return {"sent": sent, "answered_in_order": ids == list(range(sent))}
+
+
 def hold(args) -> dict:
     """Holds a pair of our own, then: closes the agent connection, or the flow,
     or keeps everything until killed."""
@@ -434,6 +458,8 @@ def main() -> int:
     x.add_argument("--server", required=True)
     x = sub.add_parser("flood")
     x.add_argument("--count", type=int, default=1100)
+    x = sub.add_parser("pipeline")
+    x.add_argument("--count", type=int, default=100000)
     x = sub.add_parser("hold")
     x.add_argument("--server", required=True)
     x.add_argument("--then", choices=["close-agent", "close-flow", "stay"], default="stay")
@@ -460,6 +486,7 @@ def main() -> int:
         "looks": looks,
         "malformed": malformed,
         "flood": flood,
+        "pipeline": pipeline,
         "hold": hold,
         "md5": md5,
         "race": race,

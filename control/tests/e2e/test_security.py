@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from processes import BIN, REPO, traffic, wait_for
+from processes import BIN, REPO, proc_cpu, traffic, wait_for
 from processes import mosto as mosto_cmd
 from stack import SERVER_PORT, Stack
 from topology import CLIENT4, MACS, SERVER4
@@ -78,10 +78,12 @@ def attack(
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def spawn_attack(stack: Stack, *args: str, uid: int = NOBODY) -> tuple[subprocess.Popen, dict]:
+def spawn_attack(
+    stack: Stack, *args: str, uid: int = NOBODY, userns: bool = False
+) -> tuple[subprocess.Popen, dict]:
     """A background attacker; its first line of output, once it printed it."""
     p = stack.topo.proxy.popen(
-        _as(uid, _attack_cmd(stack, *args)),
+        _as(uid, _attack_cmd(stack, *args), userns=userns),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -265,6 +267,26 @@ def test_a_connection_flood_is_refused_past_the_quota_and_the_agent_serves_on(st
     finally:
         flood.communicate("\n", timeout=30)
     assert stack.agent.poll() is None
+
+
+def test_requests_never_answered_are_not_read_and_the_agent_idles_and_serves_on(stack, victim):
+    """An unprivileged client in a user+network namespace of its own pipelines
+    requests and reads no answer: the agent stops reading it once its queues
+    are full (no answers pile up in the agent), does not spin on it, and
+    serves everyone else; read at last, every answer is there, in order."""
+    p, got = spawn_attack(stack, "pipeline", userns=True)
+    try:
+        assert 0 < got["sent"] < 100000, got  # the agent stopped taking them
+        cpu0 = proc_cpu(stack.agent.pid)
+        time.sleep(1.0)
+        assert proc_cpu(stack.agent.pid) - cpu0 < 0.3, "the agent spins on a full socket"
+        assert {s["id"] for s in victim} <= {s["id"] for s in listed(stack)}
+        out, err = p.communicate("\n", timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    assert json.loads(out.splitlines()[-1]) == {"sent": got["sent"], "answered_in_order": True}
 
 
 def test_out_of_descriptors_on_accept_the_agent_backs_off_and_serves_on(stack, victim):
