@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,41 @@ def test_without_cap_sys_resource_the_agent_keeps_its_limit_and_says_so():
     got, log = _run(MAX_ENTRIES)
     assert got["limit"] == [20000, 20000]
     assert f"descriptor limit 20000, {got['need']} wanted" in log
+
+
+GROW = r"""
+import json, os, resource, sys, threading
+from mosto.agent import app
+
+def fd_size():
+    for line in open("/proc/self/status"):
+        if line.startswith("FDSize:"):
+            return int(line.split()[1])
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+t = threading.Thread(target=threading.Event().wait, daemon=True)
+t.start()  # as the agent: threads share the table, and each growth waits for RCU
+before, open_before = fd_size(), sorted(os.listdir("/proc/self/fd"))
+app._grow_fd_table(3000)
+grown, open_grown = fd_size(), sorted(os.listdir("/proc/self/fd"))
+app._grow_fd_table(1 << 30)
+print(json.dumps({"before": before, "grown": grown, "capped": fd_size(),
+                  "leaked": [f for f in open_grown if f not in open_before]}))
+"""
+
+
+@pytest.mark.skipif(
+    resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4096, reason="the hard limit is under 4096"
+)
+def test_the_descriptor_table_is_grown_once_at_start_to_what_splices_may_hold():
+    p = subprocess.run(
+        [sys.executable, "-c", GROW],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    got = json.loads(p.stdout)
+    assert got["before"] < 3000 <= got["grown"]  # no hand-over opens a descriptor past it
+    assert got["capped"] == 4096  # up to the limit, not past it
+    assert got["leaked"] == []  # /proc/self/fd lists its own listing's descriptor: compared
