@@ -16,6 +16,7 @@ import mosto
 from mosto import failpoints
 from mosto.agent import sockdir
 from mosto.agent.core import HOLD_TIMEOUT_S, Agent, Quotas
+from mosto.agent.heap import Heap
 from mosto.agent.kernel.hold import HoldError, Holds
 from mosto.agent.kernel.repairlog import RepairLog
 from mosto.agent.kernel.tcpstate import probe_repair
@@ -270,6 +271,7 @@ def run(cfg: AgentConfig) -> int:
             cfg.group,
             limits=cfg.limits,
             admin_group=cfg.admin_group,
+            heap=Heap(),
         )
     except (sockdir.UnsafeDirectory, KeyError) as exc:
         raise ConfigError(str(exc).strip("'\"")) from None

@@ -35,6 +35,7 @@ from typing import Any
 
 from mosto.agent import paging, requests, sockdir, trust
 from mosto.agent.core import Agent
+from mosto.agent.heap import Heap
 from mosto.agent.kernel import netinfo
 from mosto.agent.trust import Caller
 from mosto.wire import protocol, refusal
@@ -106,8 +107,10 @@ class AgentServer:
         group: str | None = None,
         limits: Limits | None = None,
         admin_group: str | None = None,
+        heap: Heap | None = None,
     ):
         self.agent = agent
+        self.heap = heap  # the collector's policy (heap.py); the agent's, not a test's
         self.path = path
         self.limits = limits or Limits()
         self.admin_gid = grp.getgrnam(admin_group).gr_gid if admin_group else None
@@ -171,6 +174,8 @@ class AgentServer:
             threading.Thread(target=self._serve, daemon=True, name=f"request-{i}")
             for i in range(1, self.limits.workers)
         ]
+        if self.heap is not None:
+            self.heap.settle()
         for t in background:
             t.start()
         self._watch(self._listener, "listen")
@@ -197,20 +202,25 @@ class AgentServer:
         while not self._stop.is_set():
             self._resume_accepting()
             for fd, mask in self._ep.poll(0.2, 1):
-                what = self._watched.get(fd)
-                try:
-                    if what == "listen":
-                        self._accept()
-                    elif what == "wake":
-                        self._drain_wake()
-                    elif isinstance(what, _Conn):
-                        self._ready(what, mask)
-                except Exception:  # one fault must not stop this worker, or the rest
-                    if isinstance(what, _Conn):
-                        log.exception("connection of uid %d", what.caller.uid)
-                        self._close(what)
-                    else:
-                        log.exception("%s", what)
+                self._event(fd, mask)
+
+    def _event(self, fd: int, mask: int) -> None:
+        """Apart from _serve, so that no worker's frame keeps a closed
+        connection alive while it waits (it goes by reference counting)."""
+        what = self._watched.get(fd)
+        try:
+            if what == "listen":
+                self._accept()
+            elif what == "wake":
+                self._drain_wake()
+            elif isinstance(what, _Conn):
+                self._ready(what, mask)
+        except Exception:  # one fault must not stop this worker, or the rest
+            if isinstance(what, _Conn):
+                log.exception("connection of uid %d", what.caller.uid)
+                self._close(what)
+            else:
+                log.exception("%s", what)
 
     def shutdown(self) -> None:
         """From a signal handler or another thread: the workers end and clean up."""
@@ -434,8 +444,9 @@ class AgentServer:
             self._watched.pop(conn.sock.fileno(), None)
             self._ep.unregister(conn.sock.fileno())
             conn.sock.close()
-        if conn.wake is not None:
-            self.agent.unwatch(conn.wake)
+        wake, conn.wake = conn.wake, None  # it points back at conn: no cycle left
+        if wake is not None:
+            self.agent.unwatch(wake)
         self.agent.drop_caller(conn.caller)  # its holds go with it
 
     # -- requests --------------------------------------------------------
@@ -533,6 +544,8 @@ class AgentServer:
                 trust.refresh_local()
             except Exception:
                 log.exception("route cache")
+            if self.heap is not None:
+                self.heap.tick()
 
 
 def _peer_gone(sock: socket.socket) -> bool:

@@ -4,11 +4,13 @@ Real sockets and pipes, no root: the agent runs with the in-memory target."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -232,3 +234,23 @@ def test_a_watcher_that_does_not_read_is_dropped_and_the_rest_served(server):
     while len(server._conns) > before:
         assert time.monotonic() < deadline, "the agent kept the connections"
         time.sleep(0.01)
+
+
+def test_a_closed_connection_is_freed_without_the_cyclic_collector(server):
+    """The agent freezes what is alive (heap.py): what it lets go must not need
+    the collector to be found."""
+    before = set(server._conns)
+    gc.disable()
+    try:
+        with _watching(server) as watcher, _connect(server) as asker:
+            assert _ask(asker, b'{"op":"list"}')["ok"] is True
+            server.agent._emit({"event": "x"}, None)
+            assert json.loads(watcher.recv(protocol.MAX_MESSAGE))["event"] == "x"
+            gone = [weakref.ref(c) for c in server._conns - before]
+            assert len(gone) == 2
+        deadline = time.monotonic() + 5
+        while any(r() is not None for r in gone):
+            assert time.monotonic() < deadline, "a closed connection is still alive"
+            time.sleep(0.01)
+    finally:
+        gc.enable()

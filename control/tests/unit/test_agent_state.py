@@ -4,8 +4,10 @@ No sockets are involved: these are the parts that only look at the table."""
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import time
+import weakref
 
 import pytest
 
@@ -300,3 +302,29 @@ def test_quotas_count_what_the_caller_owns(target):
     agent._check_quota(Caller(1003), "splices", 1)  # another uid's count is its own
     agent.release(next(iter(agent._splices)))
     agent._check_quota(bob, "splices", 1)  # released: counted no more
+
+
+@pytest.mark.parametrize("end", ["release", "rst", "idle"])
+def test_an_ended_splice_is_freed_without_the_cyclic_collector(target, end):
+    """The agent freezes what is alive (heap.py): a splice it lets go, however
+    it ends, must not need the collector to be found."""
+    agent = Agent(target, grace=0.0, idle_timeout=3600.0)
+    agent.watch()
+    gc.disable()
+    try:
+        splice = agent._commit(*splice_entries(), ok)
+        agent._reservations[splice.id] = []
+        gone = [weakref.ref(o) for o in (splice, splice.to_server, splice.to_client)]
+        if end == "release":
+            agent.release(splice.id)
+        elif end == "rst":
+            agent.on_event(FROM_SERVER, TCP_RST)
+            agent.reap()
+        else:
+            agent.idle_timeout = 0.0
+            agent.reap()
+        del splice
+        assert agent.list() == []
+        assert [r() for r in gone] == [None, None, None]
+    finally:
+        gc.enable()
