@@ -88,7 +88,10 @@ def refresh_local() -> None:
             key=lambda a: -_local_used.get(a, 0.0),
         )[: netinfo.REFRESH_MAX]
     for addr in due:
-        local = sockinfo.is_local(addr)
+        try:
+            local = sockinfo.is_local(addr)
+        except OSError:  # no lookup (out of descriptors): the answer stands until it expires
+            continue
         with _local_lock:
             if addr in _local_used:
                 _local[addr] = (now, local)

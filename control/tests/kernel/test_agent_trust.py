@@ -283,6 +283,63 @@ def test_a_socket_whose_local_address_is_not_this_hosts_is_refused():
     assert out.stdout.split() == ["local", "not_local"], out.stderr
 
 
+OUT_OF_DESCRIPTORS_SCRIPT = """
+import ipaddress, json, resource, socket, subprocess, threading, time
+from mosto.agent import trust
+from mosto.agent.kernel import netinfo, sockinfo
+
+for cmd in (
+    "link add d0 type veth peer name d1",
+    "link set d0 up",
+    "addr add 10.9.0.1/24 dev d0",
+    "neigh add 10.9.0.2 lladdr 02:00:00:00:09:02 dev d0 nud permanent",
+):
+    subprocess.run(["ip", *cmd.split()], check=True)
+addr, peer = ipaddress.ip_address("10.9.0.1"), ipaddress.ip_address("10.9.0.2")
+before = [trust._is_local(addr), netinfo.next_hop(peer).ifname]
+# Both answers due for the reaper's refresh, which a thread of its own runs.
+trust._local[addr] = (time.monotonic() - trust.LOCAL_CACHE_S / 2, before[0])
+key = next(iter(netinfo._cache))
+netinfo._cache[key] = (time.monotonic() - netinfo.CACHE_TTL_S / 2, netinfo._cache[key][1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+held = []
+try:
+    while True:
+        held.append(socket.socket())
+except OSError:
+    pass
+seen = {}
+
+def reaper():
+    try:
+        sockinfo.is_local(addr)
+        seen["lookup"] = "answered"
+    except OSError as exc:
+        seen["lookup"] = type(exc).__name__
+    netinfo.refresh()
+    trust.refresh_local()
+
+t = threading.Thread(target=reaper)
+t.start()
+t.join()
+for s in held:
+    s.close()
+seen["local"] = trust._local.get(addr, (0, None))[1]
+seen["hop"] = getattr(netinfo._cache.get(key, (0, None))[1], "ifname", None)
+print(json.dumps({"before": before, **seen}))
+"""
+
+
+def test_out_of_descriptors_a_lookup_fails_and_no_answer_is_cached():
+    """pyroute2 opens an event loop per thread: with no descriptor free the
+    lookup fails, which the agent once took, and cached, as "not local" (every
+    hand-over refused not_local for a second after a descriptor flood)."""
+    out = _in_a_netns_of_its_own(OUT_OF_DESCRIPTORS_SCRIPT)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got == {"before": [True, "d0"], "lookup": "OSError", "local": True, "hop": "d0"}, got
+
+
 def test_learning_entries_are_limited_per_uid_and_root_is_not(listener):
     agent = Agent(MemoryTarget())
     agent.quotas = Quotas(learning=2)

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
 
 from mosto.agent.kernel.tcpstate import Address
 
@@ -110,6 +110,8 @@ def refresh() -> None:
             with _cache_lock:
                 _cache.pop(key, None)  # the next hand-over finds out for itself
             continue
+        except OSError:  # no lookup (out of descriptors): the answer stands until its TTL
+            continue
         with _cache_lock:
             if key in _used:
                 _cache[key] = (now, hop)
@@ -118,7 +120,7 @@ def refresh() -> None:
 def _lookup(ipr: IPRoute, dst: Address) -> NextHop:
     try:
         routes = ipr.route("get", dst=str(dst))
-    except Exception as exc:  # pyroute2 raises NetlinkError with the errno text
+    except NetlinkError as exc:  # the kernel's answer, with the errno text
         raise NoRoute(f"no route to {dst}: {exc}") from None
     route = routes[0]
     oif = route.get_attr("RTA_OIF")

@@ -15,7 +15,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
+from pyroute2 import IPRoute, NetlinkError
 
 from mosto.agent.kernel import netinfo
 from mosto.agent.kernel.tcpstate import TCP_REPAIR, Address, plain_address
@@ -71,12 +71,14 @@ def tcp_ao(sock: socket.socket) -> bool:
 
 
 def is_local(addr: Address) -> bool:
-    """Whether addr is one of this network namespace's own addresses."""
+    """Whether addr is one of this network namespace's own addresses. Only the
+    kernel's answer says no: a lookup that fails (pyroute2 opens an event loop
+    per thread, which fails with EMFILE) raises, it is no answer to cache."""
 
     def get(ipr: IPRoute) -> list:
         try:
             return list(ipr.route("get", dst=str(addr)))
-        except Exception:  # NetlinkError: no route at all
+        except NetlinkError:  # no route at all
             return []
 
     routes = netinfo.rtnl(get)
