@@ -898,31 +898,39 @@ class Agent:
         mine = self._splices.values() if caller.sees_all else self._splices.by_owner(caller.uid)
         return sorted(mine, key=lambda s: s.id)
 
-    def list(self, caller: Caller = TRUSTED) -> list[dict[str, Any]]:
+    def listed(self, caller: Caller = TRUSTED) -> list[Splice]:
+        """The caller's splices as of now, by id: a reference each, for an
+        answer made page by page (paging.py)."""
         with self._lock:
-            return [s.to_json() for s in self._visible(caller)]
+            return self._visible(caller)
 
-    def stats(self, caller: Caller = TRUSTED) -> dict[str, Any]:
-        """Everything for root and admins; a caller's own splices, learning
-        entries and hand-overs otherwise (the data plane's counters are global).
-        The splices' stats are read in one batch, outside the lock."""
+    def with_stats(self, splices: Sequence[Splice]) -> list[dict[str, Any]]:
+        """Each splice and its entries' counters, read in one batch, without the
+        agent's lock (a splice's fields are read whole, under the GIL)."""
+        got = self.target.stats_many([m for s in splices for m in _matches(s)])
+        return [{**s.to_json(), **self._splice_stats(s, got)} for s in splices]
+
+    def totals(self, caller: Caller = TRUSTED) -> dict[str, Any]:
+        """stats' other fields: everything for root and admins; a caller's own
+        learning entries and hand-overs otherwise (the data plane's counters are
+        global)."""
         with self._lock:
-            visible = self._visible(caller)
-        got = self.target.stats_many([m for s in visible for m in _matches(s)])
-        with self._lock:
-            splices = [{**s.to_json(), **self._splice_stats(s, got)} for s in visible]
             if caller.sees_all:
                 return {
-                    "splices": splices,
                     "learning": len(self._learning),
                     "handovers": dict(self.results),
                     "counters": self.target.counters(),
                 }
             return {
-                "splices": splices,
                 "learning": self._count(caller, "learning"),
                 "handovers": dict(self.results_by_uid.get(caller.uid, {})),
             }
+
+    def list(self, caller: Caller = TRUSTED) -> list[dict[str, Any]]:
+        return [s.to_json() for s in self.listed(caller)]
+
+    def stats(self, caller: Caller = TRUSTED) -> dict[str, Any]:
+        return {"splices": self.with_stats(self.listed(caller)), **self.totals(caller)}
 
     # -- lifecycle ----------------------------------------------------------
 

@@ -30,11 +30,12 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mosto.agent import paging, requests, sockdir, trust
-from mosto.agent.core import Agent
+from mosto.agent.core import Agent, Splice
 from mosto.agent.heap import Heap
 from mosto.agent.kernel import netinfo
 from mosto.agent.trust import Caller
@@ -61,6 +62,7 @@ class _Conn:
     sock: socket.socket
     caller: Caller
     out: collections.deque[bytes] = field(default_factory=collections.deque)
+    later: Iterator[bytes] | None = None  # an answer's pages not made yet (paging.py)
     busy: bool = False
     watching: bool = False
     closed: bool = False
@@ -301,7 +303,7 @@ class AgentServer:
         answers is not read from: what waits for it is one answer's pages at
         most. A busy connection with nothing to send stays disarmed; whoever
         answers arms it."""
-        if conn.out:
+        if conn.out or conn.later is not None:
             events = select.EPOLLOUT  # a hang-up is reported with it
         else:
             events = 0 if conn.busy else select.EPOLLIN
@@ -360,15 +362,14 @@ class AgentServer:
         the socket takes it, the rest when there is room (EPOLLOUT)."""
         with self.agent.turn.taken():
             answers = self.handle(doc, fds, conn.caller)
-        watch = doc.get("op") == "watch" and answers[-1].get("ok") is True
-        try:
-            data = [protocol.encode(a) for a in answers]
-        except protocol.ProtocolError as exc:
-            data = [protocol.encode(_error(refusal.Internal(str(exc))))]
+        watch = False
+        if doc.get("op") == "watch":
+            answers = list(answers)
+            watch = answers[-1].get("ok") is True
         with conn.lock:
             if conn.closed:
                 return
-            conn.out.extend(data)
+            conn.later = _encoded(answers)
             conn.busy = False
             if watch:
                 conn.watching = True
@@ -420,7 +421,13 @@ class AgentServer:
         (arming is the caller's). False if the socket is broken: the caller
         closes it once it has let go of the lock (closing takes the agent's
         lock, which the emitters of events hold while they push)."""
-        while conn.out and not conn.closed:
+        while not conn.closed:
+            if not conn.out:
+                page = next(conn.later, None) if conn.later is not None else None
+                if page is None:
+                    conn.later = None
+                    break
+                conn.out.append(page)
             try:
                 conn.sock.send(conn.out[0])
             except BlockingIOError:
@@ -441,6 +448,7 @@ class AgentServer:
             if conn.closed:
                 return
             conn.closed = True
+            conn.later = None  # its listing's splices, if pages of one were waiting
             self._watched.pop(conn.sock.fileno(), None)
             self._ep.unregister(conn.sock.fileno())
             conn.sock.close()
@@ -453,9 +461,10 @@ class AgentServer:
 
     def handle(
         self, doc: dict[str, Any], fds: list[int], caller: Caller = trust.TRUSTED
-    ) -> list[dict[str, Any]]:
-        """One request, answered in one page or more; the descriptors are closed
-        here (ours are copies), exactly once."""
+    ) -> Iterable[dict[str, Any]]:
+        """One request, answered in one page or more (a listing's made as they
+        are sent); the descriptors are closed here (ours are copies), exactly
+        once."""
         socks: list[socket.socket] = []
         rid = requests.echoed_id(doc.get("id"))
         try:
@@ -479,14 +488,11 @@ class AgentServer:
                 s.close()
             for fd in fds:
                 os.close(fd)
-        if rid is not None:
-            for a in answers:
-                a["id"] = rid
-        return answers
+        return _echoing(answers, rid, doc.get("op"))
 
     def _dispatch(
         self, req: requests.Request, socks: list[socket.socket], caller: Caller
-    ) -> list[dict[str, Any]]:
+    ) -> Iterable[dict[str, Any]]:
         agent = self.agent
         if req.op == "register":
             return [{"ok": True, "flow": agent.register(socks[0], socks[1], caller)}]
@@ -511,11 +517,14 @@ class AgentServer:
             assert req.splice is not None
             return [{"ok": True, "stats": agent.release(req.splice, caller=caller)}]
         if req.op == "list":
-            splices = agent.list(caller)
-            return paging.pages({"ok": True, "splices": splices, "count": len(splices)}, "splices")
+            splices = agent.listed(caller)
+            return paging.made_as_sent(
+                splices, _as_json, "splices", {"ok": True, "count": len(splices)}
+            )
         if req.op == "stats":
-            stats = agent.stats(caller)
-            return paging.pages({"ok": True, **stats, "count": len(stats["splices"])}, "splices")
+            splices = agent.listed(caller)
+            rest = {"ok": True, **agent.totals(caller), "count": len(splices)}
+            return paging.made_as_sent(splices, agent.with_stats, "splices", rest)
         return [{"ok": True}]  # watch: events follow
 
     # -- background --------------------------------------------------------
@@ -552,6 +561,35 @@ def _peer_gone(sock: socket.socket) -> bool:
     p = select.poll()
     p.register(sock, select.POLLRDHUP)
     return any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in p.poll(0))
+
+
+def _echoing(answers: Iterable[dict[str, Any]], rid: Any, op: Any) -> Iterator[dict[str, Any]]:
+    """The answers with the request's id; a failure while they are made (a
+    listing's pages are made as they are sent) ends them with an internal
+    error (the client gathers pages up to the first without "more")."""
+    try:
+        for a in answers:
+            if rid is not None:
+                a["id"] = rid
+            yield a
+    except Exception as exc:
+        log.exception("answer to %s failed", op)
+        err = _error(refusal.Internal(f"{type(exc).__name__}: {exc}"))
+        if rid is not None:
+            err["id"] = rid
+        yield err
+
+
+def _encoded(answers: Iterable[dict[str, Any]]) -> Iterator[bytes]:
+    try:
+        for a in answers:
+            yield protocol.encode(a)
+    except protocol.ProtocolError as exc:
+        yield protocol.encode(_error(refusal.Internal(str(exc))))
+
+
+def _as_json(splices: Sequence[Splice]) -> list[dict[str, Any]]:
+    return [s.to_json() for s in splices]
 
 
 def _error(exc: refusal.Refused) -> dict[str, Any]:

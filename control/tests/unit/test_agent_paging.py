@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mosto.agent.core import Agent
+from mosto.agent.core import Agent, Splice
 from mosto.agent.server import AgentServer
 from mosto.agent.trust import Caller
 from mosto.dataplane.entry import Entry, FlowKey
@@ -183,3 +183,70 @@ def test_a_client_that_does_not_read_its_answers_is_not_read_from(served, monkey
     assert ids == list(range(30))
     assert any(mask & select.EPOLLOUT for mask, _ in seen), "never waited for room to write"
     assert max(arms for _, arms in seen) == 1, seen
+
+
+def test_a_listing_nobody_reads_holds_its_splices_but_not_their_json(served, monkeypatch):
+    """list and stats pages are made as the socket takes them: a client that
+    asks and does not read makes the agent keep a reference per splice and a
+    chunk of JSON, not the whole answer (megabytes at a user's quota), on each
+    of its connections. Read at last, the answers are whole and in order."""
+    agent, srv = served
+    _spliced(agent, N, owner=0)
+    made = [0]
+    to_json = Splice.to_json
+
+    def counted(self):
+        made[0] += 1
+        return to_json(self)
+
+    monkeypatch.setattr(Splice, "to_json", counted)
+    socks = []
+    for op in ("list", "stats"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(srv.path)
+        s.settimeout(30)
+        protocol.send(s, {"op": op})
+        socks.append(s)
+    time.sleep(0.5)
+    # What the two sockets' buffers took, and a chunk each: a few thousand at most.
+    assert 0 < made[0] < N // 10, made[0]
+    assert all(c.later is not None for c in srv._conns)
+    for s in socks:
+        with s:
+            ids, last = [], {"more": True}
+            while last["more"]:
+                last = json.loads(s.recv(protocol.MAX_MESSAGE))
+                ids += [sp["id"] for sp in last["splices"]]
+            assert ids == sorted(agent._splices) and last["count"] == N
+    assert made[0] == 2 * N
+
+
+def test_a_failure_while_pages_are_made_ends_them_with_an_error(served, monkeypatch):
+    agent, srv = served
+    _spliced(agent, 2000, owner=0)
+    with_stats = agent.with_stats
+    chunks = [0]
+
+    def failing(splices):
+        chunks[0] += 1
+        if chunks[0] == 3:
+            raise OSError("the map is gone")
+        return with_stats(splices)
+
+    monkeypatch.setattr(agent, "with_stats", failing)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(srv.path)
+        s.settimeout(30)
+        protocol.send(s, {"op": "stats", "id": 9})
+        pages = [json.loads(s.recv(protocol.MAX_MESSAGE))]
+        while pages[-1].get("more"):
+            pages.append(json.loads(s.recv(protocol.MAX_MESSAGE)))
+        assert pages[-1] == {
+            "ok": False,
+            "error": "internal",
+            "message": "OSError: the map is gone",
+            "id": 9,
+        }
+        assert len(pages) > 1 and all(p["ok"] for p in pages[:-1])
+        protocol.send(s, {"op": "list", "id": 10})  # and the connection serves on
+        assert json.loads(s.recv(protocol.MAX_MESSAGE))["id"] == 10
