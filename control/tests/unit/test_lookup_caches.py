@@ -19,11 +19,11 @@ ip = ipaddress.ip_address
 def lookups(monkeypatch):
     asked: list = []
 
-    def fake_rtnl(fn, ns=None):
-        asked.append(fn)
+    def fake_lookup(dst):
+        asked.append(dst)
         return netinfo.NextHop("eth0", 2, "02:00:00:00:00:01", "02:00:00:00:00:02")
 
-    monkeypatch.setattr(netinfo, "rtnl", fake_rtnl)
+    monkeypatch.setattr(netinfo, "_lookup", fake_lookup)
     monkeypatch.setattr(netinfo, "_cache", {})
     monkeypatch.setattr(netinfo, "_used", {})
     return asked
