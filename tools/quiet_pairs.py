@@ -3,7 +3,7 @@
 namespace of a tools/topology.py topology (nsenter --net):
 
     quiet_pairs.py run --client-ns NS --server-ns NS --agent SOCK --flows N
-        [--connections C] [--batch K] [--agent-pid PID] [--sync]
+        [--connections C] [--batch K] [--sources S] [--agent-pid PID] [--sync]
     quiet_pairs.py install --pin-dir DIR --first K --count N
 
 run: N quiet TCP pairs, as a proxy has them: a client (a process of this
@@ -12,7 +12,10 @@ on to a listener in the server's namespace (another one, there: descriptors
 are limited per process). Then, over C agent connections (a thread
 each): register every pair (AgentClient.register), offload every pair
 (AgentClient.offload, timed alone; with --batch K, AgentClient.offload_many
-of K pairs at a time), release the splices, close everything.
+of K pairs at a time), release the splices, close everything. With
+--sources S the client's connections come from S addresses of its own, in
+turn (a proxy's clients are many hosts: each new one is a next hop the agent
+has not looked up yet).
 With --sync it waits for a line on stdin between register and offload (the
 benchmark attaches a profiler then). Prints progress on stderr and one JSON
 result on stdout: each offload's latency, each phase's wall time, this
@@ -90,7 +93,10 @@ def make_pairs(args) -> tuple[list, list]:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((PROXY_C4, args.port))
     listener.listen(4096)
-    client = ends(args.client_ns, "--connect", f"{PROXY_C4}:{args.port}", "--count", n)
+    client = ends(
+        args.client_ns, "--connect", f"{PROXY_C4}:{args.port}", "--count", n,
+        "--sources", str(args.sources),
+    )  # fmt: skip
     pairs = []
     with listener:
         for _ in range(args.flows):
@@ -118,13 +124,42 @@ def hold_ends(args) -> None:
         socks = [srv.accept()[0] for _ in range(args.count)]
         srv.close()
     else:
-        socks = [socket.create_connection((host, int(port))) for _ in range(args.count)]
+        sources = client_sources(args.sources)
+        socks = [
+            socket.create_connection(
+                (host, int(port)), source_address=(sources[i % len(sources)], 0)
+            )
+            for i in range(args.count)
+        ]
     print("held", flush=True)
     for line in sys.stdin:  # "verify N": the exchange; EOF: close and go
         if line.startswith("verify"):
             print(json.dumps(exchange(socks, int(line.split()[1]), args.seed)), flush=True)
     for s in socks:
         s.close()
+
+
+SOURCES_FIRST = 20  # --sources: CLIENT4's subnet from .20 on (the topology uses .1 and .2)
+
+
+def client_sources(n: int) -> list[str]:
+    """n addresses of the client's interface to connect from (added, on-link for
+    the proxy; the namespace takes them when it goes); CLIENT4 alone if n <= 1."""
+    if n <= 1:
+        return [CLIENT4]
+    if SOURCES_FIRST + n > 255:
+        raise SystemExit(f"--sources {n}: at most {255 - SOURCES_FIRST}")
+    shown = json.loads(
+        subprocess.run(
+            ["ip", "-j", "-4", "addr"], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    dev = next(i["ifname"] for i in shown for a in i["addr_info"] if a["local"] == CLIENT4)
+    base = ipaddress.ip_address(CLIENT4)
+    out = [str(base + SOURCES_FIRST - 1 + i) for i in range(n)]
+    for addr in out:
+        subprocess.run(["ip", "addr", "replace", f"{addr}/24", "dev", dev], check=True)
+    return out
 
 
 FIN_WAVE = 250  # FINs sent at once by exchange(): a proxy host's flows do not all end in 1 ms
@@ -294,6 +329,7 @@ def run(args) -> dict:
         "flows": args.flows,
         "connections": args.connections,
         "batch": args.batch,
+        "sources": args.sources,
         "offloaded": offloaded,
         "refused": dict(refused),
         "offload_ms": ms,
@@ -385,6 +421,7 @@ def main() -> int:
     r.add_argument("--connections", type=int, default=1, help="agent connections (threads)")
     r.add_argument("--batch", type=int, default=1, help="pairs per request (offload_many when > 1)")
     r.add_argument("--port", type=int, default=8950, help="the listener here (client side)")
+    r.add_argument("--sources", type=int, default=1, help="client addresses, in turn")
     r.add_argument("--server-port", type=int, default=9100, help="the server's listener")
     r.add_argument("--sync", action="store_true", help="wait for stdin between the phases")
     r.add_argument(
@@ -400,6 +437,7 @@ def main() -> int:
     e.add_argument("--connect")
     e.add_argument("--count", type=int, required=True)
     e.add_argument("--seed", type=int, default=0, help="first seed of what it sends (verify)")
+    e.add_argument("--sources", type=int, default=1, help="addresses to connect from (--connect)")
     i = sub.add_parser("install")
     i.add_argument("--pin-dir", required=True)
     i.add_argument("--first", type=int, default=0)
