@@ -395,6 +395,12 @@ def scale(bench: Bench, procs: Processes, agent, levels: list[int], flows: int, 
     return rows, agent
 
 
+def _py_spy() -> str | None:
+    """The venv's (make installs it, the bench extra), or one on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -411,7 +417,7 @@ def main() -> int:
         "--idle", type=float, default=SCAN_S, help="idle agent CPU window (s): one idle scan"
     )
     parser.add_argument(
-        "--py-spy", default=shutil.which("py-spy"), help="profile the agent in a burst"
+        "--py-spy", default=_py_spy(), help="profile the agent in a burst ('' for none)"
     )
     parser.add_argument("--profile-flows", type=int, default=2000)
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))

@@ -32,6 +32,6 @@ stamp=$VENV/.mosto-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     echo "mosto: installing Python packages into $VENV"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e '.[test,bmv2]'
+    "$VENV/bin/pip" install -q -e '.[test,bmv2,bench]'
     touch "$stamp"
 fi
