@@ -4,8 +4,10 @@ all stopped on exit."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,19 @@ def mosto(*args: str) -> list[str]:
 
 def traffic(*args: str) -> list[str]:
     return [str(BIN / "python"), str(REPO / "tools" / "traffic.py"), *args]
+
+
+def script_json(source: str, *args: str) -> tuple[Any, str]:
+    """A Python script run in a process of its own, with this checkout's mosto:
+    the JSON of its last line of output, and what it wrote to stderr."""
+    p = subprocess.run(
+        [sys.executable, "-c", source, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "control")},
+    )
+    return json.loads(p.stdout.splitlines()[-1]), p.stderr
 
 
 def proc_cpu(pid: int) -> float:

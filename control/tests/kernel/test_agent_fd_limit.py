@@ -4,14 +4,12 @@ without CAP_SYS_RESOURCE (a container's root may lack it), says what it has."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from processes import script_json
 
 SCRIPT = r"""
 import json, logging, resource, sys
@@ -42,14 +40,7 @@ needs_cap = pytest.mark.skipif(
 
 
 def _run(max_entries: int) -> tuple[dict, str]:
-    p = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(max_entries)],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    return json.loads(p.stdout), p.stderr
+    return script_json(SCRIPT, str(max_entries))
 
 
 @needs_cap
@@ -104,14 +95,7 @@ print(json.dumps({"before": before, "grown": grown, "capped": fd_size(),
     resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4096, reason="the hard limit is under 4096"
 )
 def test_the_descriptor_table_is_grown_once_at_start_to_what_splices_may_hold():
-    p = subprocess.run(
-        [sys.executable, "-c", GROW],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    got = json.loads(p.stdout)
+    got, _ = script_json(GROW)
     assert got["before"] < 3000 <= got["grown"]  # no hand-over opens a descriptor past it
     assert got["capped"] == 4096  # up to the limit, not past it
     assert got["leaked"] == []  # /proc/self/fd lists its own listing's descriptor: compared

@@ -3,11 +3,7 @@ is for the whole interpreter, and pytest's must not keep it."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from processes import script_json
 
 SCRIPT = r"""
 import gc, json, weakref
@@ -48,14 +44,7 @@ print(json.dumps(out))
 
 
 def test_the_heap_is_frozen_at_start_and_each_tick_collects_only_what_came_since():
-    p = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
-    got = json.loads(p.stdout)
+    got, _ = script_json(SCRIPT)
     assert got["frozen_at_start"] >= 1000  # the start-up objects are never walked again
     assert got["young_cycle_collected_at_tick"]
     assert got["frozen_cycle_kept_until_the_full_pass"]
