@@ -37,14 +37,15 @@ class NetlinkError(Exception):
         self.errno = err
 
 
-class NoAnswer(Exception):
-    """No answer to the request came (only late answers to earlier ones)."""
+class NoAnswer(OSError):
+    """No answer to the request came (only late answers to earlier ones): like
+    a request that could not be made, no answer of the kernel's."""
 
 
 def request(proto: int, kind: int, body: bytes, what: str) -> tuple[int, bytes]:
     """The answer (its type and payload) to one request of this kind. Raises
     NetlinkError if the kernel answered with an error, OSError if the request
-    could not be made (out of descriptors, say)."""
+    could not be made (out of descriptors, say) or got no answer (NoAnswer)."""
     nl = thread_socket(socket.AF_NETLINK, socket.SOCK_DGRAM, proto)
     last: dict[int, int] = _thread.__dict__.setdefault("seq", {})
     last[proto] = seq = (last.get(proto, 0) + 1) & 0xFFFFFFFF

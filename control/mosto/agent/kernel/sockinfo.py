@@ -14,7 +14,6 @@ import struct
 from dataclasses import dataclass
 
 from mosto.agent.kernel import netlink, rtnetlink
-from mosto.agent.kernel.netlink import NetlinkError
 from mosto.agent.kernel.tcpstate import TCP_REPAIR, Address, plain_address
 
 SO_NETNS_COOKIE = 71  # <asm-generic/socket.h>, Linux 5.14
@@ -70,7 +69,7 @@ def is_local(addr: Address) -> bool:
     raises, it is no answer to cache."""
     try:
         return rtnetlink.route(addr).kind == rtnetlink.RTN_LOCAL
-    except NetlinkError:  # no route at all
+    except netlink.NetlinkError:  # no route at all
         return False
 
 
