@@ -502,12 +502,24 @@ class Agent:
             return None
         return max(st.last_seen_ns for st in got.values()) / 1e9
 
-    def _needs_settle(self, last_passed: float | None, read_at: float) -> bool:
+    def _needs_settle(
+        self, last_passed: float | None, read_at: float, frozen: bool = False
+    ) -> bool:
         """Whether a packet the data plane passed before the entries may still be
         on its way to a socket read at read_at. A quiet flow's last packet passed
-        long before: no wait. A switch's packets have a wire to cross, and a flow
-        without a learning entry has no stamp: those always wait."""
-        if last_passed is None or self.port_map is not None:
+        long before: no wait. A frozen pair (hold.py) gets no data segment past
+        prerouting from the freeze on, and what passed before it landed before
+        the read (entering repair takes and releases each socket's lock, which
+        runs its backlog): no wait, though a bulk flow's last packet is recent
+        (a bare FIN the freeze lets pass may still land late: it costs the peer
+        a retransmission of the FIN, through the splice).
+        A switch's packets have a wire to cross, and a flow without a learning
+        entry has no stamp: those always wait."""
+        if self.port_map is not None:
+            return True
+        if frozen:
+            return False
+        if last_passed is None:
             return True
         return last_passed + COARSE_TICK_S + SETTLE_S >= read_at
 
@@ -681,7 +693,7 @@ class Agent:
             assert self.holds is not None
             self.holds.freeze(pair.from_client, pair.from_server)
         try:
-            return self._install(a, b, pair, *args)
+            return self._install(a, b, pair, *args, frozen=frozen)
         finally:
             if frozen:
                 assert self.holds is not None
@@ -725,7 +737,7 @@ class Agent:
                 log.warning("could not prompt a peer to acknowledge: %s", exc)
 
     def _install(
-        self, a, b, pair, to_server_hop, to_client_hop, tsvals, owner: int
+        self, a, b, pair, to_server_hop, to_client_hop, tsvals, owner: int, *, frozen: bool = False
     ) -> tuple[Splice, Anchors]:
         """The splice, and the sockets as its entries were built from them."""
         entered: list[socket.socket] = []  # repair is only ever switched off on these
@@ -760,7 +772,7 @@ class Agent:
 
             def verify() -> None:
                 failpoints.reach("offload_installed")
-                if self._needs_settle(last_passed, read_at):
+                if self._needs_settle(last_passed, read_at, frozen):
                     self.turn.sleep(SETTLE_S)
                 v_a, v_b = read_state(a, repair=True), read_state(b, repair=True)
                 change = moved(r_a, v_a) or moved(r_b, v_b)

@@ -253,6 +253,19 @@ def test_a_flow_quiet_since_long_before_the_read_needs_no_settle(target):
     assert not agent._needs_settle(last, read_at=last + 1.0), "the last packet 1 s before"
 
 
+def test_a_frozen_pair_needs_no_settle_however_recent_its_last_packet(target):
+    for flow in (FROM_CLIENT, FROM_SERVER):
+        target.add(Entry.learning(flow))
+    agent = Agent(target)
+    target.hit(FROM_CLIENT, tsval=111)
+    last = agent._last_passed(target.stats_many([FROM_CLIENT, FROM_SERVER]))
+    assert last is not None
+    assert not agent._needs_settle(last, read_at=last + 0.001, frozen=True)
+    assert not agent._needs_settle(None, read_at=time.monotonic(), frozen=True)
+    switch = Agent(MemoryTarget(), port_map={"pc": 1, "ps": 2})
+    assert switch._needs_settle(last, read_at=last + 100, frozen=True), "a wire to cross"
+
+
 def test_a_flow_without_learning_entries_or_on_a_switch_always_settles(target):
     agent = Agent(target)
     last = agent._last_passed(target.stats_many([FROM_CLIENT, FROM_SERVER]))
